@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (set up, then run the main job) and `make test`
+# (set up, then lint and run the tests). Both create .venv on first use; torch is
+# installed first from the local CPU wheel so nothing pulls a CUDA build.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgeprune-installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[demo,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/edgeprune optimize
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check edgeprune tests benchmarks
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/minilm_e2e.py
+
+clean:
+	rm -rf $(VENV) edgeprune-out

@@ -1,0 +1,278 @@
+"""The ``edgeprune`` command: each command parses arguments, calls the public API, and renders."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgeprune.errors import EdgepruneError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Prune, export, quantize and profile models for edge devices; check latency budgets.")
+profiles_app = typer.Typer(no_args_is_help=True, help="Device profiles.")
+app.add_typer(profiles_app, name="profiles")
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
+
+ModelDir = Annotated[
+    Path | None, typer.Argument(help="Hugging Face model directory (default: packaged all-MiniLM-L6-v2).")
+]
+OnnxFile = Annotated[Path, typer.Argument(help="ONNX model file.")]
+ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Device profile name or YAML file.")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (default: the profile's).")]
+SeqOpt = Annotated[int, typer.Option(help="Sequence length of the timed input.")]
+RunsOpt = Annotated[int, typer.Option(help="Timed runs after warm-up.")]
+KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs to keep (0-1].")]
+HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
+FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
+Criterion = Annotated[str, typer.Option(help="Importance criterion.")]
+Seed = Annotated[int, typer.Option(help="Random seed.")]
+Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
+
+
+def handled(command: F) -> F:
+    """Turn an ``EdgepruneError`` into one red line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgepruneError as exc:
+            err.print(f"[bold red]error:[/] {exc.cause}" + (f" — {exc.fix}" if exc.fix else ""),
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[None]]]:
+    """A spinner line per pipeline stage with its elapsed time, on stderr."""
+    with Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=False) as progress:
+
+        @contextlib.contextmanager
+        def stage(description: str) -> Iterator[None]:
+            task = progress.add_task(description, total=1)
+            yield
+            progress.update(task, completed=1)
+            progress.stop_task(task)
+
+        yield stage
+
+
+def _write_json(path: Path | None, data: Any) -> None:
+    if path is not None:
+        from edgeprune.files import atomic_write_json
+
+        atomic_write_json(path, data)
+
+
+@app.command()
+@handled
+def optimize(
+    model: ModelDir = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("edgeprune-out"),
+    profile: ProfileOpt = "host",
+    keep_flops: KeepFlops = None,
+    heads_ratio: HeadsRatio = None,
+    ffn_ratio: FfnRatio = None,
+    criterion: Criterion = "magnitude",
+    latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms) at --percentile.")] = None,
+    memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
+    min_speedup: Annotated[float, typer.Option(help="Without --latency-ms: required speedup over dense fp32.")] = 2.0,
+    percentile: Percentile = "p90",
+    threads: ThreadsOpt = None,
+    seq_len: SeqOpt = 128,
+    runs: RunsOpt = 100,
+    stsb: Annotated[Path | None, typer.Option(help="STS-B TSV (sts-dev.csv) to report Spearman on.")] = None,
+    seed: Seed = 0,
+) -> None:
+    """Prune → export → quantize → profile → check, into one run directory with run.json."""
+    from edgeprune.pipeline import OptimizeSettings
+    from edgeprune.pipeline import optimize as run_pipeline
+
+    settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
+                                heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, criterion=criterion,
+                                latency_ms=latency_ms, memory_mb=memory_mb, min_speedup=min_speedup,
+                                percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
+                                stsb=str(stsb) if stsb else None, seed=seed)
+    with _progress() as stage:
+        result = run_pipeline(settings, out_dir, stage=stage)
+    out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
+    table = Table(title="edgeprune optimize")
+    for column in ("model", "p50 ms", "p90 ms", "speedup", "MB", "peak MiB", "cosine"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    if stsb:
+        table.add_column("STS-B", justify="right")
+    for row in result.rows:
+        m = row.measurement
+        cells = [row.name, f"{m.latency.p50:.2f}", f"{m.latency.p90:.2f}", f"{row.speedup:.2f}x",
+                 f"{m.size_mb:.1f}", f"{m.memory.peak_over_baseline_mb:.0f}", f"{row.fidelity:.4f}"]
+        table.add_row(*cells, *([f"{row.stsb_spearman:.2f}"] if stsb else []))
+    out.print(table)
+    stages = result.manifest["stages"]
+    out.print(f"kept heads per layer {stages['prune']['kept_heads']}, FFN neurons {stages['prune']['kept_neurons']} "
+              f"({stages['prune']['kept_macs_fraction']:.0%} of encoder MACs); quantized form: "
+              f"{stages['quantize']['chosen']}; {result.rows[0].measurement.threads} thread(s), "
+              f"batch {settings.batch}, seq {seq_len}")
+    _print_verdicts(result.verdicts)
+    out.print(f"run directory: {result.out_dir}  (run.json, {result.manifest['wall_seconds']} s)")
+    raise typer.Exit(0 if result.passed else EXIT_FAIL)
+
+
+@app.command("prune")
+@handled
+def prune_command(
+    model: ModelDir = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the pruned model.")] = Path("pruned"),
+    keep_flops: KeepFlops = None,
+    heads_ratio: HeadsRatio = None,
+    ffn_ratio: FfnRatio = None,
+    criterion: Criterion = "magnitude",
+    seed: Seed = 0,
+) -> None:
+    """Physically remove attention heads and FFN neurons; save safetensors + config + plan."""
+    from edgeprune.models.loading import LoadedModel, load_model, save_pruned
+    from edgeprune.prune import kept_macs_fraction, prune
+
+    dense = load_model(model)
+    pruned, plan = prune(dense.model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
+                         criterion=criterion, seed=seed)
+    save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), out_dir)
+    out.print(f"kept heads {plan.kept_heads}, FFN neurons {plan.kept_neurons} "
+              f"({kept_macs_fraction(pruned, plan.dense):.0%} of encoder MACs at seq 128) → {out_dir}")
+
+
+@app.command("export")
+@handled
+def export_command(
+    model: ModelDir = None,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for model.onnx + config + tokenizer.")] = Path(
+        "onnx"),
+    atol: Annotated[float, typer.Option(help="Max abs difference allowed against PyTorch.")] = 1e-4,
+) -> None:
+    """Export to ONNX (dynamic batch and sequence) and check parity against PyTorch on real text."""
+    from edgeprune.export import export
+
+    result = export(model, out_dir, atol=atol)
+    out.print(f"{result.onnx_path}: parity max |Δ| = {result.max_abs_diff:.2e} on {result.parity_texts} padded texts")
+
+
+@app.command("quantize")
+@handled
+def quantize_command(
+    model: OnnxFile,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the quantized model.")] = Path("int8"),
+    profile: ProfileOpt = "host",
+) -> None:
+    """Dynamic int8 in the fastest form for the target (never slower than fp32)."""
+    from edgeprune.quantize import quantize
+
+    result = quantize(model, out_dir, profile)
+    timings = ", ".join(f"{k} {v:.2f} ms" for k, v in result.p50_ms.items())
+    out.print(f"{result.onnx_path}: {result.chosen} ({result.scheme.reason}); size {result.size_before_mb:.1f} → "
+              f"{result.size_after_mb:.1f} MB; 1-thread p50: {timings}")
+    for note in result.notes:
+        out.print(f"note: {note}")
+
+
+@app.command("profile")
+@handled
+def profile_command(
+    model: OnnxFile,
+    profile: ProfileOpt = "host",
+    threads: ThreadsOpt = None,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
+    seq_len: SeqOpt = 128,
+    runs: RunsOpt = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
+) -> None:
+    """Measure latency percentiles and peak memory on this host."""
+    from edgeprune.profile import profile as measure
+
+    m = measure(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
+    lat = m.latency.to_dict()
+    table = Table(title=f"{model} on {m.profile} ({m.threads} thread(s), batch {batch}, seq {seq_len})")
+    for column in ("p50 ms", "p90 ms", "p99 ms", "std ms", "size MB", "peak MiB over baseline"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
+                  f"{m.size_mb:.1f}", f"{m.memory.peak_over_baseline_mb:.0f}")
+    out.print(table)
+    _write_json(json_out, m.to_dict())
+
+
+@app.command("check")
+@handled
+def check_command(
+    model: OnnxFile,
+    profile: ProfileOpt = "host",
+    latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms).")] = None,
+    memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB over baseline).")] = None,
+    percentile: Percentile = "p90",
+    threads: ThreadsOpt = None,
+    seq_len: SeqOpt = 128,
+    runs: RunsOpt = 100,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write verdicts + measurement as JSON.")] = None,
+    junit_out: Annotated[Path | None, typer.Option("--junit", help="Write verdicts as JUnit XML.")] = None,
+) -> None:
+    """Pass/fail against a latency and/or memory budget: exit 0 within, 1 over, 2 on bad input."""
+    from edgeprune.check import Budget, check, junit_xml, passed
+    from edgeprune.files import atomic_write_text
+
+    budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile)
+    lines, measurement = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
+    _print_verdicts(lines)
+    _write_json(json_out, {"passed": passed(lines), "verdicts": [v.to_dict() for v in lines],
+                           "measurement": measurement.to_dict()})
+    if junit_out is not None:
+        atomic_write_text(junit_out, junit_xml(lines))
+    raise typer.Exit(0 if passed(lines) else EXIT_FAIL)
+
+
+@profiles_app.command("list")
+@handled
+def profiles_list() -> None:
+    """List the device profiles."""
+    from edgeprune.profile.devices import available_profiles, load_profile
+
+    table = Table()
+    for column in ("name", "cpu", "isa", "threads", "description"):
+        table.add_column(column)
+    for name in available_profiles():
+        p = load_profile(name)
+        table.add_row(p.name, p.cpu.name, " ".join(p.cpu.isa), str(p.runtime.threads), p.description)
+    out.print(table)
+
+
+@profiles_app.command("show")
+@handled
+def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or YAML file.")]) -> None:
+    """Print a profile as YAML (validated)."""
+    from edgeprune.profile.devices import load_profile
+
+    out.print(load_profile(name).to_yaml(), highlight=False, markup=False)
+
+
+def _print_verdicts(lines: list[Any]) -> None:
+    table = Table(title="budget check")
+    for column in ("profile", "metric", "value", "budget", "margin", "verdict"):
+        table.add_column(column, justify="left" if column in ("profile", "metric", "verdict") else "right")
+    for v in lines:
+        colour = "green" if v.status == "PASS" else "red"
+        table.add_row(v.profile, v.metric, f"{v.value:.2f} {v.unit}", f"{v.budget:.2f} {v.unit}", f"{v.margin:+.0%}",
+                      f"[{colour}]{v.status}[/]")
+    out.print(table)
+

@@ -1,0 +1,119 @@
+"""Task metrics: how much a compressed model still agrees with the dense one, and with people.
+
+An ``Encoder`` maps texts to one vector each (a pooled sentence embedding, or a
+classifier's logits), so the same metrics apply to a PyTorch model and to any ONNX file.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune import runtime
+from edgeprune.errors import EdgepruneError
+from edgeprune.models.loading import LoadedModel
+
+Encoder = Callable[[list[str]], np.ndarray]
+MAX_LENGTH = 128
+BATCH_SIZE = 32
+
+
+def tokenize(tokenizer: object, texts: list[str], max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
+    """Pad to the longest text in the batch, so parity and quality see real padding."""
+    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"))
+
+
+def pool(output: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
+    """Token states (batch, seq, dim) → one vector per text; 2-D outputs (logits) pass through."""
+    if output.ndim == 2:
+        return output
+    if pooling == "cls":
+        return output[:, 0]
+    mask = attention_mask[..., None].astype(output.dtype)
+    return (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
+
+
+def _batched(encode_batch: Callable[[list[str]], np.ndarray]) -> Encoder:
+    def encode(texts: list[str]) -> np.ndarray:
+        return np.concatenate([encode_batch(texts[i:i + BATCH_SIZE]) for i in range(0, len(texts), BATCH_SIZE)])
+    return encode
+
+
+def torch_encoder(loaded: LoadedModel) -> Encoder:
+    @torch.no_grad()
+    def encode_batch(texts: list[str]) -> np.ndarray:
+        arrays = tokenize(loaded.tokenizer, texts)
+        output = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()})[0]
+        return pool(output.float().numpy(), arrays["attention_mask"], loaded.pooling)
+    return _batched(encode_batch)
+
+
+def onnx_encoder(onnx_path: Path, tokenizer: object, pooling: str, threads: int = 1) -> Encoder:
+    sess = runtime.session(onnx_path, threads=threads)
+
+    def encode_batch(texts: list[str]) -> np.ndarray:
+        arrays = tokenize(tokenizer, texts)
+        output = sess.run(None, runtime.feed(sess, arrays))[0]
+        return pool(output, arrays["attention_mask"], pooling)
+    return _batched(encode_batch)
+
+
+def cosine_fidelity(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Mean cosine similarity between matching rows: 1.0 means the same directions."""
+    ref = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    cand = candidate / np.linalg.norm(candidate, axis=1, keepdims=True)
+    return float((ref * cand).sum(axis=1).mean())
+
+
+@dataclass
+class SentencePairs:
+    first: list[str]
+    second: list[str]
+    gold: np.ndarray
+
+
+def load_stsb(path: Path) -> SentencePairs:
+    """STS Benchmark TSV: genre, file, year, id, score, sentence1, sentence2 (extra trailing columns ignored).
+
+    Quotes are literal text in this format, so the file is split on tabs only.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"STS-B file '{path}' does not exist", "pass the path of sts-dev.csv")
+    first, second, gold = [], [], []
+    with open(path, encoding="utf-8") as handle:
+        for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) >= 7:
+                gold.append(float(row[4]))
+                first.append(row[5])
+                second.append(row[6])
+    if not gold:
+        raise EdgepruneError(f"'{path}' has no STS-B rows", "pass the STS Benchmark TSV (sts-dev.csv)")
+    return SentencePairs(first, second, np.asarray(gold))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their average rank)."""
+    return float(np.corrcoef(_ranks(np.asarray(x)), _ranks(np.asarray(y)))[0, 1])
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    ranks[order] = np.arange(len(values), dtype=float)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def stsb_spearman(encoder: Encoder, path: Path) -> float:
+    """STS-B Spearman ×100 of the cosine similarity of the two sentences' embeddings."""
+    pairs = load_stsb(path)
+    a, b = encoder(pairs.first), encoder(pairs.second)
+    cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return 100.0 * spearman(cos, pairs.gold)

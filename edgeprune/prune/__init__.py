@@ -1,0 +1,73 @@
+"""Structured pruning: score units → allocate what to keep → slice the model.
+
+``prune(model, ...)`` returns a new, physically smaller model and the ``PruningPlan`` that
+reproduces it; the input model is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edgeprune.errors import PlanError
+from edgeprune.models import adapter_for, encoder_macs, layer_macs
+from edgeprune.prune.allocate import uniform
+from edgeprune.prune.apply import apply_plan, dense_shape
+from edgeprune.prune.importance import Batches
+from edgeprune.prune.importance import criterion as get_criterion
+from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
+
+
+def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
+                   keep_flops: float | None) -> dict[str, float]:
+    """Turn the user's size target into per-unit keep ratios.
+
+    Encoder MACs are linear in the number of heads and neurons of each layer, so keeping
+    the same fraction ``f`` of both keeps ``f`` of the encoder's MACs (up to rounding).
+    """
+    if keep_flops is not None:
+        if heads_ratio is not None or ffn_ratio is not None:
+            raise PlanError("--keep-flops cannot be combined with --heads-ratio/--ffn-ratio",
+                            "give either a FLOPs fraction or per-unit ratios")
+        return {"keep_flops": keep_flops, "heads_ratio": keep_flops, "ffn_ratio": keep_flops}
+    if heads_ratio is None and ffn_ratio is None:
+        raise PlanError("no pruning target given", "pass --keep-flops, --heads-ratio or --ffn-ratio")
+    return {"heads_ratio": 1.0 if heads_ratio is None else heads_ratio,
+            "ffn_ratio": 1.0 if ffn_ratio is None else ffn_ratio}
+
+
+def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
+              keep_flops: float | None = None, criterion: str = "magnitude",
+              batches: Batches | None = None, seed: int = 0) -> PruningPlan:
+    """Score the dense ``model`` and decide which heads/neurons each layer keeps."""
+    adapter = adapter_for(model)
+    target = resolve_target(heads_ratio, ffn_ratio, keep_flops)
+    torch.manual_seed(seed)
+    scores = get_criterion(criterion)(model, adapter, batches)
+    layers = uniform(scores, target["heads_ratio"], target["ffn_ratio"])
+    return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion,
+                       target=target, seed=seed)
+
+
+def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
+          keep_flops: float | None = None, criterion: str = "magnitude",
+          batches: Batches | None = None, seed: int = 0) -> tuple[nn.Module, PruningPlan]:
+    """Return a physically pruned copy of ``model`` and the plan that produced it."""
+    plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
+                     criterion=criterion, batches=batches, seed=seed)
+    pruned = apply_plan(copy.deepcopy(model), adapter_for(model), plan)
+    return pruned.eval(), plan
+
+
+def kept_macs_fraction(pruned: nn.Module, dense: DenseShape, seq_len: int = 128) -> float:
+    """Encoder MACs of ``pruned`` over those of its dense shape, at ``seq_len`` tokens."""
+    layers = adapter_for(pruned).layers(pruned)
+    hidden = layers[0].hidden_size
+    dense_macs = dense.num_layers * layer_macs(hidden, dense.num_heads, dense.head_dim, dense.ffn_dim, seq_len)
+    return encoder_macs(layers, seq_len) / dense_macs
+
+
+__all__ = ["LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction", "make_plan", "prune",
+           "resolve_target"]
