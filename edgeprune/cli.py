@@ -66,7 +66,11 @@ def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[No
         @contextlib.contextmanager
         def stage(description: str) -> Iterator[None]:
             task = progress.add_task(description, total=1)
-            yield
+            try:
+                yield
+            except BaseException:
+                progress.remove_task(task)  # the error line says what failed
+                raise
             progress.update(task, completed=1)
             progress.stop_task(task)
 

@@ -127,11 +127,11 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                                  "parity_texts": pruned_export.parity_texts}
         with stage("Quantizing to int8 (timing candidates)"):
             quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len)
-            figures["quantize"] = quant.to_dict()
+            figures["quantize"] = {**quant.to_dict(), "onnx_path": str(quant.onnx_path.relative_to(tmp))}
         models = {"dense fp32": dense_export.onnx_path, "pruned fp32": pruned_export.onnx_path,
                   f"pruned {quant.chosen}": quant.onnx_path}
         with stage(f"Profiling {len(models)} models side by side ({threads} thread(s))"):
-            measurements = _measure(models, device.name, threads, settings)
+            measurements = _measure(models, tmp, device.name, threads, settings)
         with stage("Measuring quality"):
             rows = _rows(dense, models, measurements, settings)
         budget = _budget(settings, measurements["dense fp32"])
@@ -142,15 +142,16 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     return RunResult(out_dir=out_dir, rows=rows, verdicts=lines, manifest=manifest)
 
 
-def _measure(models: dict[str, Path], profile_name: str, threads: int,
+def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads: int,
              settings: OptimizeSettings) -> dict[str, Measurement]:
+    """Latency side by side (interleaved rounds), then peak memory of each in a fresh process."""
     rounds = 4
     stats = compare_latency(list(models.values()), threads, rounds=rounds, runs=max(1, settings.runs // rounds),
                             batch=settings.batch, seq_len=settings.seq_len)
     host, lib_versions = host_fingerprint(), versions()
     return {
-        name: Measurement(model=str(path), profile=profile_name, size_mb=size_mb(path), threads=threads,
-                          batch=settings.batch, seq_len=settings.seq_len, latency=latency,
+        name: Measurement(model=str(path.relative_to(run_dir)), profile=profile_name, size_mb=size_mb(path),
+                          threads=threads, batch=settings.batch, seq_len=settings.seq_len, latency=latency,
                           memory=measure_peak_memory(path, threads, settings.batch, settings.seq_len),
                           host=host, versions=lib_versions)
         for (name, path), latency in zip(models.items(), stats)

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny BERTs built from a config (fast, exact), and the real packaged MiniLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from edgeprune.models.loading import default_model_path
+
+    return default_model_path()
+
+
+def _tiny_bert(tmp: Path, minilm: Path, classifier: bool) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                        intermediate_size=96, max_position_embeddings=128, num_labels=3)
+    model = (BertForSequenceClassification if classifier else BertModel)(config).eval()
+    # Biases start at zero; give them values so pruning and recovery see real ones.
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.bias.normal_(0, 0.02)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(minilm).save_pretrained(tmp)
+    return tmp
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir, classifier=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-cls"), minilm_dir, classifier=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
+    from edgeprune.export import export
+
+    return export(tiny_bert_dir, tmp_path_factory.mktemp("tiny-onnx") / "onnx").onnx_path

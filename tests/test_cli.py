@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+
+runner = CliRunner()
+FAST = ["--runs", "5", "--seq-len", "16", "--threads", "1"]
+
+
+def _one_clear_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_check_exit_codes_and_reports(tiny_onnx, tmp_path) -> None:
+    ok = runner.invoke(app, ["check", str(tiny_onnx), "--latency-ms", "10000", "--memory-mb", "10000",
+                             "--json", str(tmp_path / "ok.json"), "--junit", str(tmp_path / "ok.xml"), *FAST])
+    assert ok.exit_code == 0, ok.output
+    report = json.loads((tmp_path / "ok.json").read_text())
+    assert report["passed"] is True and [v["metric"] for v in report["verdicts"]] == ["latency_p90", "peak_memory"]
+    assert 'failures="0"' in (tmp_path / "ok.xml").read_text()
+
+    over = runner.invoke(app, ["check", str(tiny_onnx), "--latency-ms", "0.0001", "--percentile", "p50",
+                               "--junit", str(tmp_path / "over.xml"), *FAST])
+    assert over.exit_code == 1, over.output
+    assert "FAIL" in over.stdout and 'failures="1"' in (tmp_path / "over.xml").read_text()
+
+
+@pytest.mark.parametrize("args, cause", [
+    (["--latency-ms", "-3"], "not positive"),
+    ([], "no budget given"),
+    (["--latency-ms", "5", "--percentile", "p42"], "unknown percentile"),
+    (["--latency-ms", "5", "--profile", "pixel-99"], "unknown device profile"),
+])
+def test_check_bad_arguments(tiny_onnx, tmp_path, args, cause) -> None:
+    result = runner.invoke(app, ["check", str(tiny_onnx), *args, "--json", str(tmp_path / "r.json"), *FAST])
+    assert cause in _one_clear_error(result)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_bad_model_files(tmp_path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"this is not a protobuf")
+    missing = tmp_path / "missing.onnx"
+    for path, cause in ((corrupt, "not a loadable ONNX model"), (missing, "does not exist")):
+        result = runner.invoke(app, ["check", str(path), "--latency-ms", "5", "--json", str(tmp_path / "r.json")])
+        assert cause in _one_clear_error(result)
+        result = runner.invoke(app, ["quantize", str(path), "--out", str(tmp_path / "q")])
+        assert cause in _one_clear_error(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.onnx"]
+
+
+def test_malformed_profile_yaml(tiny_onnx, tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ncpu: {cores: 4\n")
+    result = runner.invoke(app, ["check", str(tiny_onnx), "--latency-ms", "5", "--profile", str(bad)])
+    assert "not valid YAML" in _one_clear_error(result)
+    result = runner.invoke(app, ["profiles", "show", str(bad)])
+    assert "not valid YAML" in _one_clear_error(result)
+
+
+def test_unknown_architecture_and_missing_model_write_nothing(tmp_path) -> None:
+    gpt = tmp_path / "gpt"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["prune", str(gpt), "--out", str(out), "--keep-flops", "0.5"])
+    assert "no pruning adapter for architecture 'gpt2'" in _one_clear_error(result)
+    for command in (["prune", "--keep-flops", "0.5"], ["export"], ["optimize"]):
+        result = runner.invoke(app, [command[0], str(tmp_path / "nope"), "--out", str(out), *command[1:]])
+        assert "does not exist" in _one_clear_error(result)
+    assert not out.exists()
+
+
+def test_output_never_overwrites_input_or_foreign_files(tiny_bert_dir, tmp_path) -> None:
+    result = runner.invoke(app, ["prune", str(tiny_bert_dir), "--out", str(tiny_bert_dir), "--keep-flops", "0.5"])
+    assert "overlaps the input" in _one_clear_error(result)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, ["export", str(tiny_bert_dir), "--out", str(foreign)])
+    assert "not written by edgeprune" in _one_clear_error(result)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_prune_export_quantize_profile_commands(tiny_bert_dir, tmp_path) -> None:
+    pruned, onnx_dir, int8 = tmp_path / "pruned", tmp_path / "onnx", tmp_path / "int8"
+    result = runner.invoke(app, ["prune", str(tiny_bert_dir), "--out", str(pruned), "--heads-ratio", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert (pruned / "pruning_plan.json").is_file() and (pruned / "model.safetensors").is_file()
+    result = runner.invoke(app, ["export", str(pruned), "--out", str(onnx_dir)])
+    assert result.exit_code == 0 and "parity max" in result.stdout
+    # re-running into the same edgeprune-written directory replaces it atomically
+    assert runner.invoke(app, ["export", str(pruned), "--out", str(onnx_dir)]).exit_code == 0
+    result = runner.invoke(app, ["quantize", str(onnx_dir / "model.onnx"), "--out", str(int8)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["profile", str(int8 / "model.onnx"), "--json", str(tmp_path / "m.json"), *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "m.json").read_text())["latency_ms"]["runs"] == 5
+    assert "x86-avx2-server" in runner.invoke(app, ["profiles", "list"]).stdout

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from edgeprune.errors import ProfileError
+from edgeprune.profile import load_profile, measure_latency, profile
+from edgeprune.profile.devices import DeviceProfile, available_profiles, detect_host, parse_profile
+from edgeprune.profile.measure import LatencyStats
+
+
+def test_latency_percentiles() -> None:
+    stats = LatencyStats(samples_ms=[float(i) for i in range(1, 101)])
+    assert stats.p50 == pytest.approx(50.5) and stats.p90 == pytest.approx(90.1) and stats.p99 == pytest.approx(99.01)
+    assert stats.to_dict()["runs"] == 100
+
+
+def test_profile_measures_latency_and_memory(tiny_onnx) -> None:
+    m = profile(tiny_onnx, "host", threads=1, seq_len=32, runs=15, warmup=3)
+    assert len(m.latency.samples_ms) == 15 and m.threads == 1
+    assert 0 < m.latency.p50 <= m.latency.p90 <= m.latency.p99
+    assert m.memory is not None and m.memory.peak_mb > m.memory.baseline_mb > 0
+    assert m.size_mb > 1 and m.host["cores"] >= 1 and "onnxruntime" in m.versions
+    assert len(measure_latency(tiny_onnx, 1, seq_len=8, warmup=1, runs=3).samples_ms) == 3
+
+
+def test_non_host_profile_is_refused_not_faked(tiny_onnx) -> None:
+    with pytest.raises(ProfileError, match="cannot yet predict"):
+        profile(tiny_onnx, "x86-avx2-server", runs=1)
+
+
+def test_host_detection() -> None:
+    host = detect_host()
+    assert host.is_host and host.cpu.cores.value >= 1 and host.memory.capacity.value > 0
+    assert host.runtime.threads == int(host.cpu.cores.value)
+    assert available_profiles()[0] == "host" and "x86-avx2-server" in available_profiles()
+
+
+def test_profiles_round_trip_yaml(tmp_path) -> None:
+    for name in available_profiles():
+        original = load_profile(name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(original.to_yaml())
+        again = parse_profile(path)
+        assert again.to_yaml() == original.to_yaml()
+        assert again == original.model_copy(update={"is_host": False})
+
+
+def _server_profile() -> dict:
+    return yaml.safe_load(load_profile("x86-avx2-server").to_yaml())
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda d: d["cpu"]["cores"].pop("unit"), "cpu.cores.unit"),
+    (lambda d: d["memory"]["capacity"].update(value=-1), "memory.capacity.value"),
+    (lambda d: d["runtime"].update(threads=0), "runtime.threads"),
+    (lambda d: d.pop("cpu"), "cpu"),
+    (lambda d: d.update(colour="blue"), "colour"),
+])
+def test_schema_rejects_bad_profiles(tmp_path, edit, field) -> None:
+    data = _server_profile()
+    edit(data)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProfileError, match=f"field '{field}'"):
+        load_profile(path)
+
+
+def test_malformed_yaml_and_unknown_name(tmp_path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        load_profile(path)
+    with pytest.raises(ProfileError, match="unknown device profile 'pixel-99'"):
+        load_profile("pixel-99")
+    assert isinstance(load_profile("x86-avx2-server"), DeviceProfile)

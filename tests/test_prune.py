@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import torch
+
+from edgeprune.models import adapter_for
+from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
+from edgeprune.prune import kept_macs_fraction, make_plan, prune
+from edgeprune.prune.importance import magnitude
+from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
+
+TEXTS = ["A man is playing a guitar.", "The cat sleeps.", "Stocks fell sharply after the bank raised rates today."]
+
+
+def _inputs(tokenizer) -> dict[str, torch.Tensor]:
+    return dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
+
+
+def _uneven_plan(shape: DenseShape) -> PruningPlan:
+    """Different head and neuron counts per layer, including a single-head layer."""
+    layers = (
+        LayerPlan(heads=(0, 2, 5), neurons=tuple(range(0, shape.ffn_dim, 2))),
+        LayerPlan(heads=(4,), neurons=(1, 7, 50, 95)),
+        LayerPlan(heads=tuple(range(shape.num_heads)), neurons=tuple(range(10, 70))),
+    )
+    return PruningPlan(layers=layers, dense=shape)
+
+
+def _masked_forward(model: torch.nn.Module, plan: PruningPlan, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The dense model with removed heads/neurons zeroed at the input of their output projections."""
+    hooks = []
+    for layer, kept in zip(adapter_for(model).layers(model), plan.layers):
+        head_mask = torch.zeros(layer.num_heads, layer.head_dim)
+        head_mask[list(kept.heads)] = 1
+        neuron_mask = torch.zeros(layer.ffn_dim)
+        neuron_mask[list(kept.neurons)] = 1
+        for linear, mask in ((layer.attn_out, head_mask.flatten()), (layer.ffn_out, neuron_mask)):
+            hooks.append(linear.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,)))
+    try:
+        with torch.no_grad():
+            return model(**inputs)[0]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def test_pruned_model_equals_masked_dense(tiny_bert_dir, tiny_classifier_dir) -> None:
+    from edgeprune.prune.apply import apply_plan, dense_shape
+
+    for path in (tiny_bert_dir, tiny_classifier_dir):
+        loaded = load_model(path)
+        adapter = adapter_for(loaded.model)
+        plan = _uneven_plan(dense_shape(loaded.model, adapter))
+        inputs = _inputs(loaded.tokenizer)
+        expected = _masked_forward(loaded.model, plan, inputs)
+        pruned = apply_plan(load_model(path).model, adapter, plan)
+        layers = adapter.layers(pruned)
+        assert [layer.num_heads for layer in layers] == [3, 1, 6]
+        assert [layer.query.weight.shape[0] for layer in layers] == [3 * 8, 8, 6 * 8]
+        assert [layer.ffn_in.weight.shape[0] for layer in layers] == [48, 4, 60]
+        with torch.no_grad():
+            actual = pruned(**inputs)[0]
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_prune_returns_new_model_and_keeps_input(tiny_bert_dir) -> None:
+    dense = load_model(tiny_bert_dir)
+    before = {k: v.clone() for k, v in dense.model.state_dict().items()}
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.25)
+    assert plan.kept_heads == [3, 3, 3] and plan.kept_neurons == [24, 24, 24]
+    assert all(torch.equal(before[k], v) for k, v in dense.model.state_dict().items())
+    assert pruned is not dense.model
+    assert 0.2 < kept_macs_fraction(pruned, plan.dense) < 0.5
+
+
+def test_keep_flops_and_minimum_of_one_head(tiny_bert_dir) -> None:
+    dense = load_model(tiny_bert_dir)
+    plan = make_plan(dense.model, keep_flops=0.5)
+    assert plan.kept_heads == [3, 3, 3] and plan.kept_neurons == [48, 48, 48]
+    pruned, plan = prune(dense.model, heads_ratio=0.01, ffn_ratio=0.001)
+    assert plan.kept_heads == [1, 1, 1] and plan.kept_neurons == [1, 1, 1]
+    with torch.no_grad():
+        assert pruned(**_inputs(dense.tokenizer))[0].shape[-1] == 48
+
+
+def test_magnitude_ranks_planted_dead_units_last(tiny_bert_dir) -> None:
+    model = load_model(tiny_bert_dir).model
+    layer = adapter_for(model).layers(model)[1]
+    with torch.no_grad():
+        layer.attn_out.weight[:, 2 * layer.head_dim:3 * layer.head_dim] = 0  # head 2 writes nothing
+        layer.ffn_in.weight[17] = 0  # neuron 17 never activates
+    scores = magnitude(model, adapter_for(model))[1]
+    assert int(scores.heads.argmin()) == 2
+    assert int(scores.neurons.argmin()) == 17
+    plan = make_plan(model, heads_ratio=5 / 6, ffn_ratio=95 / 96)
+    assert 2 not in plan.layers[1].heads and 17 not in plan.layers[1].neurons
+
+
+def test_save_then_load_pruned_gives_identical_outputs(tiny_classifier_dir, tmp_path) -> None:
+    dense = load_model(tiny_classifier_dir)
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5)
+    out = save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan),
+                      tmp_path / "pruned")
+    reloaded = load_pruned(out)
+    assert reloaded.plan == plan and reloaded.task == "text-classification"
+    assert load_model(out).plan == plan  # a pruned directory is recognized by load_model too
+    inputs = _inputs(dense.tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(**inputs).logits, pruned(**inputs).logits, atol=0, rtol=0)
+    assert not (out / "pytorch_model.bin").exists()  # weights are safetensors only: no pickle
