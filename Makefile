@@ -16,8 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[demo,dev]"
 	touch $(STAMP)
 
+# optimize exits 1 when the model misses its budget: the run still completed and printed
+# its verdict, so the demo reports it instead of failing.
 demo: $(STAMP)
-	$(VENV)/bin/edgeprune optimize
+	$(VENV)/bin/edgeprune optimize || { test $$? -eq 1 && echo "demo: completed; the budget verdict was FAIL (see the table)"; }
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check edgeprune tests benchmarks
