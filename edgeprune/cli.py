@@ -37,7 +37,10 @@ RunsOpt = Annotated[int, typer.Option(help="Timed runs after warm-up.")]
 KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs to keep (0-1].")]
 HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
-Criterion = Annotated[str, typer.Option(help="Importance criterion.")]
+Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, activation, taylor, fisher.")]
+Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
+EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
+Calibration = Annotated[Path | None, typer.Option(help="Calibration text, one per line (default: built-in).")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
 
@@ -94,6 +97,9 @@ def optimize(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = "magnitude",
+    accumulate: Accumulate = "sum",
+    ema_decay: EmaDecay = 0.9,
+    calibration: Calibration = None,
     latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms) at --percentile.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
     min_speedup: Annotated[float, typer.Option(help="Without --latency-ms: required speedup over dense fp32.")] = 2.0,
@@ -110,7 +116,9 @@ def optimize(
 
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, criterion=criterion,
-                                latency_ms=latency_ms, memory_mb=memory_mb, min_speedup=min_speedup,
+                                accumulate=accumulate, ema_decay=ema_decay,
+                                calibration=str(calibration) if calibration else None, latency_ms=latency_ms,
+                                memory_mb=memory_mb, min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
                                 stsb=str(stsb) if stsb else None, seed=seed)
     with _progress() as stage:
@@ -146,15 +154,20 @@ def prune_command(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = "magnitude",
+    accumulate: Accumulate = "sum",
+    ema_decay: EmaDecay = 0.9,
+    calibration: Calibration = None,
     seed: Seed = 0,
 ) -> None:
     """Physically remove attention heads and FFN neurons; save safetensors + config + plan."""
     from edgeprune.models.loading import LoadedModel, load_model, save_pruned
-    from edgeprune.prune import kept_macs_fraction, prune
+    from edgeprune.prune import Accumulation, kept_macs_fraction, prune
+    from edgeprune.prune.calibration import batches_for
 
     dense = load_model(model)
     pruned, plan = prune(dense.model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
-                         criterion=criterion, seed=seed)
+                         criterion=criterion, batches=batches_for(criterion, dense.tokenizer, calibration),
+                         accumulation=Accumulation(accumulate, ema_decay), seed=seed)
     save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), out_dir)
     out.print(f"kept heads {plan.kept_heads}, FFN neurons {plan.kept_neurons} "
               f"({kept_macs_fraction(pruned, plan.dense):.0%} of encoder MACs at seq 128) → {out_dir}")

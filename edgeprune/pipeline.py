@@ -24,7 +24,8 @@ from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.profile import Measurement, compare_latency, load_profile
 from edgeprune.profile.memory import measure_peak_memory
 from edgeprune.provenance import host_fingerprint, versions
-from edgeprune.prune import kept_macs_fraction, prune
+from edgeprune.prune import Accumulation, kept_macs_fraction, prune
+from edgeprune.prune.calibration import batches_for
 from edgeprune.quantize import quantize
 
 DEFAULT_OUT = Path("edgeprune-out")
@@ -45,6 +46,10 @@ class OptimizeSettings:
     heads_ratio: float | None = None
     ffn_ratio: float | None = None
     criterion: str = "magnitude"
+    accumulate: str = "sum"
+    ema_decay: float = 0.9
+    calibration: str | None = None
+    """Text file (one text per line) for data-driven criteria; default: built-in sentences."""
     latency_ms: float | None = None
     memory_mb: float | None = None
     min_speedup: float = DEFAULT_MIN_SPEEDUP
@@ -112,8 +117,10 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
             dense_export = export(dense, tmp / "dense-onnx")
         with stage("Pruning heads and FFN neurons"):
             t0 = time.perf_counter()
-            pruned_model, plan = prune(dense.model, criterion=settings.criterion, seed=settings.seed,
-                                       **settings.pruning_target())
+            pruned_model, plan = prune(
+                dense.model, criterion=settings.criterion, seed=settings.seed,
+                batches=batches_for(settings.criterion, dense.tokenizer, settings.calibration),
+                accumulation=Accumulation(settings.accumulate, settings.ema_decay), **settings.pruning_target())
             pruned = LoadedModel(pruned_model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
             save_pruned(pruned, tmp / "pruned")
             figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,

@@ -105,3 +105,20 @@ def test_prune_export_quantize_profile_commands(tiny_bert_dir, tmp_path) -> None
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "m.json").read_text())["latency_ms"]["runs"] == 5
     assert "x86-avx2-server" in runner.invoke(app, ["profiles", "list"]).stdout
+
+
+def test_prune_with_a_data_driven_criterion_records_it(tiny_bert_dir, tmp_path) -> None:
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("\n".join(f"sentence number {i} about edge devices" for i in range(20)))
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", str(tiny_bert_dir), "--out", str(out), "--keep-flops", "0.5",
+                                 "--criterion", "fisher", "--accumulate", "ema", "--ema-decay", "0.8",
+                                 "--calibration", str(calibration)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    assert (plan["criterion"], plan["accumulate"], plan["ema_decay"], plan["calibration_texts"]) == (
+        "fisher", "ema", 0.8, 20)
+    bad = runner.invoke(app, ["prune", str(tiny_bert_dir), "--out", str(tmp_path / "x"), "--keep-flops", "0.5",
+                              "--criterion", "oracle"])
+    assert "unknown importance criterion 'oracle'" in _one_clear_error(bad)
+    assert not (tmp_path / "x").exists()

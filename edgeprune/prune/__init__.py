@@ -15,7 +15,7 @@ from edgeprune.errors import PlanError
 from edgeprune.models import adapter_for, encoder_macs, layer_macs
 from edgeprune.prune.allocate import uniform
 from edgeprune.prune.apply import apply_plan, dense_shape
-from edgeprune.prune.importance import Batches
+from edgeprune.prune.importance import MEAN, Accumulation, Batches
 from edgeprune.prune.importance import criterion as get_criterion
 from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
 
@@ -39,24 +39,33 @@ def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
 
 
 def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
-              keep_flops: float | None = None, criterion: str = "magnitude",
-              batches: Batches | None = None, seed: int = 0) -> PruningPlan:
-    """Score the dense ``model`` and decide which heads/neurons each layer keeps."""
+              keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
+              accumulation: Accumulation = MEAN, seed: int = 0) -> PruningPlan:
+    """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps."""
     adapter = adapter_for(model)
     target = resolve_target(heads_ratio, ffn_ratio, keep_flops)
+    score = get_criterion(criterion)
+    batches = list(batches) if batches is not None else None
     torch.manual_seed(seed)
-    scores = get_criterion(criterion)(model, adapter, batches)
+    was_training = model.training
+    model.eval()
+    try:
+        scores = score(model, adapter, batches, accumulation)
+    finally:
+        model.train(was_training)
     layers = uniform(scores, target["heads_ratio"], target["ffn_ratio"])
-    return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion,
-                       target=target, seed=seed)
+    texts = 0 if criterion == "magnitude" or not batches else sum(len(b["input_ids"]) for b in batches)
+    return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion, target=target,
+                       seed=seed, accumulate=accumulation.mode, ema_decay=accumulation.decay,
+                       calibration_texts=texts)
 
 
 def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
-          keep_flops: float | None = None, criterion: str = "magnitude",
-          batches: Batches | None = None, seed: int = 0) -> tuple[nn.Module, PruningPlan]:
+          keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
+          accumulation: Accumulation = MEAN, seed: int = 0) -> tuple[nn.Module, PruningPlan]:
     """Return a physically pruned copy of ``model`` and the plan that produced it."""
     plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
-                     criterion=criterion, batches=batches, seed=seed)
+                     criterion=criterion, batches=batches, accumulation=accumulation, seed=seed)
     pruned = apply_plan(copy.deepcopy(model), adapter_for(model), plan)
     return pruned.eval(), plan
 
@@ -69,5 +78,5 @@ def kept_macs_fraction(pruned: nn.Module, dense: DenseShape, seq_len: int = 128)
     return encoder_macs(layers, seq_len) / dense_macs
 
 
-__all__ = ["LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction", "make_plan", "prune",
+__all__ = ["Accumulation", "LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction", "make_plan", "prune",
            "resolve_target"]

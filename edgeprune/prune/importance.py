@@ -1,20 +1,23 @@
 """Importance criteria: one score per attention head and per FFN neuron, higher = more useful.
 
-Every criterion has the same shape, ``(model, adapter, batches) -> list[LayerScores]``, so
-data-driven criteria (activation, Taylor, Fisher) take calibration ``batches`` (dicts of
-model inputs) while weight-only criteria ignore them.
+Every criterion has the same shape, ``(model, adapter, batches, accumulation) ->
+list[LayerScores]``: data-driven criteria (activation, Taylor, Fisher) score each
+calibration batch (a dict of model inputs) and fold the batch scores with
+``accumulation`` (a plain mean, or an exponential moving average); weight-only criteria
+ignore both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from edgeprune.errors import PlanError
-from edgeprune.models import ModelAdapter
+from edgeprune.models import ModelAdapter, TransformerLayer
 
 
 @dataclass
@@ -25,12 +28,50 @@ class LayerScores:
     """Shape (ffn_dim,)."""
 
 
+@dataclass(frozen=True)
+class Accumulation:
+    """How per-batch scores combine: ``sum`` (a running mean) or ``ema`` with ``decay``.
+
+    EMA: s ← decay·s + (1 − decay)·batch, so decay 0 keeps only the last batch.
+    """
+
+    mode: str = "sum"
+    decay: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sum", "ema"):
+            raise PlanError(f"unknown accumulation '{self.mode}'", "use sum or ema")
+        if not 0.0 <= self.decay < 1.0:
+            raise PlanError(f"EMA decay {self.decay} is outside [0, 1)", "pass a decay such as 0.9")
+
+    def fold(self, per_batch: Iterable[list[LayerScores]]) -> list[LayerScores]:
+        total: list[LayerScores] | None = None
+        count = 0
+        for scores in per_batch:
+            count += 1
+            if total is None:
+                total = [LayerScores(s.heads.clone(), s.neurons.clone()) for s in scores]
+                continue
+            a, b = (1.0 - 1.0 / count, 1.0 / count) if self.mode == "sum" else (self.decay, 1.0 - self.decay)
+            for acc, new in zip(total, scores):
+                acc.heads.mul_(a).add_(new.heads, alpha=b)
+                acc.neurons.mul_(a).add_(new.neurons, alpha=b)
+        if total is None:
+            raise PlanError("this criterion needs calibration batches and got none",
+                            "pass calibration text, or use --criterion magnitude")
+        return total
+
+
+MEAN = Accumulation()
+"""The default: a plain running mean over batches."""
+
 Batches = Iterable[dict[str, torch.Tensor]]
-Importance = Callable[[nn.Module, ModelAdapter, "Batches | None"], list[LayerScores]]
+Importance = Callable[[nn.Module, ModelAdapter, "Batches | None", Accumulation], list[LayerScores]]
 
 
 @torch.no_grad()
-def magnitude(model: nn.Module, adapter: ModelAdapter, batches: Batches | None = None) -> list[LayerScores]:
+def magnitude(model: nn.Module, adapter: ModelAdapter, batches: Batches | None = None,
+              accumulation: Accumulation = MEAN) -> list[LayerScores]:
     """Norm of the weights a unit writes to the residual stream.
 
     A head's score is the Frobenius norm of its columns of the attention output projection;
@@ -45,7 +86,123 @@ def magnitude(model: nn.Module, adapter: ModelAdapter, batches: Batches | None =
     return scores
 
 
-CRITERIA: dict[str, Importance] = {"magnitude": magnitude}
+def activation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
+               accumulation: Accumulation = MEAN) -> list[LayerScores]:
+    """Wanda-style |W|·‖X‖ at the output projections, summed over the columns a unit owns.
+
+    ‖X_j‖ is the L2 norm of input channel j over the batch's real (non-padding) tokens, so
+    a unit scores high only when it both carries signal and has weight to pass it on.
+    """
+    layers = adapter.layers(model)
+
+    @torch.no_grad()
+    def one_batch(batch: dict[str, torch.Tensor]) -> list[LayerScores]:
+        token_mask = batch["attention_mask"].bool()
+        with _capture_inputs(layers) as captured:
+            model(**batch)
+        scores = []
+        for layer, (context, ffn_act) in zip(layers, captured):
+            col_norm = context[token_mask].float().norm(dim=0)
+            head_cols = (layer.attn_out.weight.abs() * col_norm).sum(dim=0)
+            neuron_norm = ffn_act[token_mask].float().norm(dim=0)
+            neurons = layer.ffn_out.weight.abs().sum(dim=0) * neuron_norm
+            scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.head_dim).sum(dim=1), neurons))
+        return scores
+
+    return accumulation.fold(one_batch(batch) for batch in _require(batches))
+
+
+def taylor(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
+           accumulation: Accumulation = MEAN) -> list[LayerScores]:
+    """First-order Taylor estimate of the loss change when a unit is removed: |∂L/∂m| at m = 1."""
+    return accumulation.fold(_mask_gradients(model, adapter, b, square=False) for b in _require(batches))
+
+
+def fisher(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
+           accumulation: Accumulation = MEAN) -> list[LayerScores]:
+    """Empirical Fisher diagonal of the unit masks: the sum of squared mask gradients."""
+    return accumulation.fold(_mask_gradients(model, adapter, b, square=True) for b in _require(batches))
+
+
+PROJECTIONS = 4
+"""Random directions per batch for label-free sensitivity (see ``_mask_gradients``)."""
+
+
+def _mask_gradients(model: nn.Module, adapter: ModelAdapter, batch: dict[str, torch.Tensor],
+                    square: bool) -> list[LayerScores]:
+    """Gradients of a loss with respect to head/neuron masks held at 1.
+
+    With labels in the batch the loss is the model's task loss. Without labels, a
+    distillation loss against the dense model has zero gradient at the dense point, so
+    the loss is vᵀe for random directions v ~ N(0, I) of the pooled output e: the squared
+    gradients then estimate the Gauss-Newton (Fisher) diagonal of the output.
+    """
+    layers = adapter.layers(model)
+    masks = [(torch.ones(layer.num_heads, requires_grad=True), torch.ones(layer.ffn_dim, requires_grad=True))
+             for layer in layers]
+    labelled = "labels" in batch
+    directions = 1 if labelled else PROJECTIONS
+    totals = [LayerScores(torch.zeros(layer.num_heads), torch.zeros(layer.ffn_dim)) for layer in layers]
+    with _apply_masks(layers, masks):
+        for _ in range(directions):
+            output = model(**batch)
+            if labelled:
+                loss = output.loss
+            else:
+                states = output[0]
+                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+                pooled = (states * mask).sum(1) / mask.sum(1) if states.dim() == 3 else states
+                loss = (pooled * torch.randn_like(pooled)).sum()
+            grads = torch.autograd.grad(loss, [m for pair in masks for m in pair])
+            for i, total in enumerate(totals):
+                for acc, grad in ((total.heads, grads[2 * i]), (total.neurons, grads[2 * i + 1])):
+                    acc.add_(grad.pow(2) if square else grad.abs())
+    return totals
+
+
+@contextlib.contextmanager
+def _apply_masks(layers: list[TransformerLayer], masks: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Multiply each head's context / each neuron's activation by its mask, at the output projections."""
+    hooks = []
+    for layer, (head_mask, neuron_mask) in zip(layers, masks):
+        head_dim = layer.head_dim
+
+        def scale_heads(_module, args, m=head_mask, d=head_dim):
+            return (args[0] * m.repeat_interleave(d),)
+
+        hooks.append(layer.attn_out.register_forward_pre_hook(scale_heads))
+        hooks.append(layer.ffn_out.register_forward_pre_hook(lambda _module, args, m=neuron_mask: (args[0] * m,)))
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@contextlib.contextmanager
+def _capture_inputs(layers: list[TransformerLayer]) -> Iterator[list[list[torch.Tensor]]]:
+    """Record the inputs of each layer's attention-output and FFN-output projections."""
+    captured: list[list[torch.Tensor]] = [[] for _ in layers]
+    hooks = []
+    for slot, layer in zip(captured, layers):
+        for linear in (layer.attn_out, layer.ffn_out):
+            hooks.append(linear.register_forward_pre_hook(lambda _module, args, s=slot: s.append(args[0].detach())))
+    try:
+        yield captured
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _require(batches: Batches | None) -> Batches:
+    if batches is None:
+        raise PlanError("this criterion needs calibration batches and got none",
+                        "pass calibration text, or use --criterion magnitude")
+    return batches
+
+
+CRITERIA: dict[str, Importance] = {"magnitude": magnitude, "activation": activation, "taylor": taylor,
+                                   "fisher": fisher}
 
 
 def criterion(name: str) -> Importance:

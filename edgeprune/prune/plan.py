@@ -43,6 +43,11 @@ class PruningPlan:
     criterion: str = "magnitude"
     target: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    accumulate: str = "sum"
+    """How per-batch scores were combined: ``sum`` or ``ema`` (data-driven criteria only)."""
+    ema_decay: float = 0.9
+    calibration_texts: int = 0
+    """How many calibration texts were scored (0 for weight-only criteria)."""
 
     def __post_init__(self) -> None:
         if len(self.layers) != self.dense.num_layers:
@@ -84,6 +89,9 @@ class PruningPlan:
                 criterion=str(data["criterion"]),
                 target={str(k): float(v) for k, v in data.get("target", {}).items()},
                 seed=int(data.get("seed", 0)),
+                accumulate=str(data.get("accumulate", "sum")),
+                ema_decay=float(data.get("ema_decay", 0.9)),
+                calibration_texts=int(data.get("calibration_texts", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed pruning plan ({type(exc).__name__}: {exc})",
