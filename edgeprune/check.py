@@ -66,12 +66,9 @@ def verdicts(measurement: Measurement, budget: Budget) -> list[Verdict]:
     return lines
 
 
-def check(onnx_path: Path | str, device: str = "host", budget: Budget | None = None, *,
-          threads: int | None = None, batch: int = 1, seq_len: int = 128,
-          runs: int = 100) -> tuple[list[Verdict], Measurement]:
+def check(onnx_path: Path | str, device: str, budget: Budget, *, threads: int | None = None, batch: int = 1,
+          seq_len: int = 128, runs: int = 100) -> tuple[list[Verdict], Measurement]:
     """Measure ``onnx_path`` on ``device`` and judge it against ``budget``."""
-    if budget is None:
-        raise EdgepruneError("no budget given", "pass a Budget with latency_ms and/or memory_mb")
     measurement = profile(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
                           memory=budget.memory_mb is not None)
     return verdicts(measurement, budget), measurement

@@ -109,19 +109,19 @@ def activation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
             scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.head_dim).sum(dim=1), neurons))
         return scores
 
-    return accumulation.fold(one_batch(batch) for batch in _require(batches))
+    return accumulation.fold(one_batch(batch) for batch in batches or ())
 
 
 def taylor(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
            accumulation: Accumulation = MEAN) -> list[LayerScores]:
     """First-order Taylor estimate of the loss change when a unit is removed: |∂L/∂m| at m = 1."""
-    return accumulation.fold(_mask_gradients(model, adapter, b, square=False) for b in _require(batches))
+    return accumulation.fold(_mask_gradients(model, adapter, b, square=False) for b in batches or ())
 
 
 def fisher(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
            accumulation: Accumulation = MEAN) -> list[LayerScores]:
     """Empirical Fisher diagonal of the unit masks: the sum of squared mask gradients."""
-    return accumulation.fold(_mask_gradients(model, adapter, b, square=True) for b in _require(batches))
+    return accumulation.fold(_mask_gradients(model, adapter, b, square=True) for b in batches or ())
 
 
 PROJECTIONS = 4
@@ -192,13 +192,6 @@ def _capture_inputs(layers: list[TransformerLayer]) -> Iterator[list[list[torch.
     finally:
         for hook in hooks:
             hook.remove()
-
-
-def _require(batches: Batches | None) -> Batches:
-    if batches is None:
-        raise PlanError("this criterion needs calibration batches and got none",
-                        "pass calibration text, or use --criterion magnitude")
-    return batches
 
 
 CRITERIA: dict[str, Importance] = {"magnitude": magnitude, "activation": activation, "taylor": taylor,
