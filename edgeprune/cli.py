@@ -38,6 +38,7 @@ KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs
 HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
 Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, activation, taylor, fisher.")]
+Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (by score per MAC).")]
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
 EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
 Calibration = Annotated[Path | None, typer.Option(help="Calibration text, one per line (default: built-in).")]
@@ -97,6 +98,7 @@ def optimize(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = "magnitude",
+    allocation: Allocation = "uniform",
     accumulate: Accumulate = "sum",
     ema_decay: EmaDecay = 0.9,
     calibration: Calibration = None,
@@ -116,7 +118,7 @@ def optimize(
 
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, criterion=criterion,
-                                accumulate=accumulate, ema_decay=ema_decay,
+                                allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
                                 calibration=str(calibration) if calibration else None, latency_ms=latency_ms,
                                 memory_mb=memory_mb, min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
@@ -154,6 +156,7 @@ def prune_command(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = "magnitude",
+    allocation: Allocation = "uniform",
     accumulate: Accumulate = "sum",
     ema_decay: EmaDecay = 0.9,
     calibration: Calibration = None,
@@ -167,7 +170,7 @@ def prune_command(
     dense = load_model(model)
     pruned, plan = prune(dense.model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
                          criterion=criterion, batches=batches_for(criterion, dense.tokenizer, calibration),
-                         accumulation=Accumulation(accumulate, ema_decay), seed=seed)
+                         accumulation=Accumulation(accumulate, ema_decay), allocation=allocation, seed=seed)
     save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), out_dir)
     out.print(f"kept heads {plan.kept_heads}, FFN neurons {plan.kept_neurons} "
               f"({kept_macs_fraction(pruned, plan.dense):.0%} of encoder MACs at seq 128) → {out_dir}")

@@ -46,6 +46,7 @@ class OptimizeSettings:
     heads_ratio: float | None = None
     ffn_ratio: float | None = None
     criterion: str = "magnitude"
+    allocation: str = "uniform"
     accumulate: str = "sum"
     ema_decay: float = 0.9
     calibration: str | None = None
@@ -120,7 +121,8 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
             pruned_model, plan = prune(
                 dense.model, criterion=settings.criterion, seed=settings.seed,
                 batches=batches_for(settings.criterion, dense.tokenizer, settings.calibration),
-                accumulation=Accumulation(settings.accumulate, settings.ema_decay), **settings.pruning_target())
+                accumulation=Accumulation(settings.accumulate, settings.ema_decay), allocation=settings.allocation,
+                **settings.pruning_target())
             pruned = LoadedModel(pruned_model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
             save_pruned(pruned, tmp / "pruned")
             figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import PlanError
-from edgeprune.models import adapter_for, encoder_macs, layer_macs
-from edgeprune.prune.allocate import uniform
+from edgeprune.models import TransformerLayer, adapter_for, encoder_macs, layer_macs
+from edgeprune.prune.allocate import global_by_cost, uniform
 from edgeprune.prune.apply import apply_plan, dense_shape
 from edgeprune.prune.importance import MEAN, Accumulation, Batches
 from edgeprune.prune.importance import criterion as get_criterion
@@ -40,8 +40,12 @@ def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
 
 def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
               keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
-              accumulation: Accumulation = MEAN, seed: int = 0) -> PruningPlan:
-    """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps."""
+              accumulation: Accumulation = MEAN, allocation: str = "uniform", seed: int = 0) -> PruningPlan:
+    """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps.
+
+    ``allocation`` is ``uniform`` (the same ratio in every layer) or ``global`` (units of all
+    layers ranked together by score per MAC under ``keep_flops``).
+    """
     adapter = adapter_for(model)
     target = resolve_target(heads_ratio, ffn_ratio, keep_flops)
     score = get_criterion(criterion)
@@ -53,19 +57,34 @@ def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: 
         scores = score(model, adapter, batches, accumulation)
     finally:
         model.train(was_training)
-    layers = uniform(scores, target["heads_ratio"], target["ffn_ratio"])
+    layers = _allocate(allocation, scores, target, adapter.layers(model)[0])
     texts = 0 if criterion == "magnitude" or not batches else sum(len(b["input_ids"]) for b in batches)
     return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion, target=target,
                        seed=seed, accumulate=accumulation.mode, ema_decay=accumulation.decay,
-                       calibration_texts=texts)
+                       calibration_texts=texts, allocation=allocation)
+
+
+def _allocate(allocation: str, scores: list, target: dict[str, float], layer: TransformerLayer,
+              seq_len: int = 128) -> tuple[LayerPlan, ...]:
+    if allocation == "uniform":
+        return uniform(scores, target["heads_ratio"], target["ffn_ratio"])
+    if allocation != "global":
+        raise PlanError(f"unknown allocation '{allocation}'", "use uniform or global")
+    if "keep_flops" not in target:
+        raise PlanError("global allocation needs a FLOPs target", "pass --keep-flops with --allocation global")
+    head = layer_macs(layer.hidden_size, 1, layer.head_dim, 0, seq_len)
+    neuron = layer_macs(layer.hidden_size, 0, layer.head_dim, 1, seq_len)
+    return global_by_cost(scores, head, neuron, target["keep_flops"])
 
 
 def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
           keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
-          accumulation: Accumulation = MEAN, seed: int = 0) -> tuple[nn.Module, PruningPlan]:
+          accumulation: Accumulation = MEAN, allocation: str = "uniform",
+          seed: int = 0) -> tuple[nn.Module, PruningPlan]:
     """Return a physically pruned copy of ``model`` and the plan that produced it."""
     plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
-                     criterion=criterion, batches=batches, accumulation=accumulation, seed=seed)
+                     criterion=criterion, batches=batches, accumulation=accumulation, allocation=allocation,
+                     seed=seed)
     pruned = apply_plan(copy.deepcopy(model), adapter_for(model), plan)
     return pruned.eval(), plan
 

@@ -48,6 +48,7 @@ class PruningPlan:
     ema_decay: float = 0.9
     calibration_texts: int = 0
     """How many calibration texts were scored (0 for weight-only criteria)."""
+    allocation: str = "uniform"
 
     def __post_init__(self) -> None:
         if len(self.layers) != self.dense.num_layers:
@@ -92,6 +93,7 @@ class PruningPlan:
                 accumulate=str(data.get("accumulate", "sum")),
                 ema_decay=float(data.get("ema_decay", 0.9)),
                 calibration_texts=int(data.get("calibration_texts", 0)),
+                allocation=str(data.get("allocation", "uniform")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed pruning plan ({type(exc).__name__}: {exc})",
