@@ -28,6 +28,11 @@ def tokenize(tokenizer: object, texts: list[str], max_length: int = MAX_LENGTH) 
     return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"))
 
 
+def as_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tokenizer arrays as the tensors a PyTorch model takes (shared memory, no copy)."""
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
 def pool(output: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
     """Token states (batch, seq, dim) → one vector per text; 2-D outputs (logits) pass through."""
     if output.ndim == 2:
@@ -48,7 +53,7 @@ def torch_encoder(loaded: LoadedModel) -> Encoder:
     @torch.no_grad()
     def encode_batch(texts: list[str]) -> np.ndarray:
         arrays = tokenize(loaded.tokenizer, texts)
-        output = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()})[0]
+        output = loaded.model(**as_torch(arrays))[0]
         return pool(output.float().numpy(), arrays["attention_mask"], loaded.pooling)
     return _batched(encode_batch)
 

@@ -15,7 +15,7 @@ import torch
 from edgeprune import runtime
 from edgeprune.data import sample_sentences
 from edgeprune.errors import ExportError
-from edgeprune.evaluate import tokenize
+from edgeprune.evaluate import as_torch, tokenize
 from edgeprune.files import staged_dir
 from edgeprune.models.loading import LoadedModel, copy_sentence_transformers_files, load_model
 from edgeprune.prune.plan import PLAN_FILE
@@ -63,7 +63,7 @@ def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> float:
     """Max abs difference between PyTorch and ONNX first outputs, padding positions excluded."""
     arrays = tokenize(loaded.tokenizer, texts)
     with torch.no_grad():
-        expected = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()})[0].numpy()
+        expected = loaded.model(**as_torch(arrays))[0].numpy()
     sess = runtime.session(onnx_path)
     actual = sess.run(None, runtime.feed(sess, arrays))[0]
     if actual.shape != expected.shape:

@@ -15,7 +15,7 @@ from edgeprune.errors import PlanError
 from edgeprune.models import TransformerLayer, adapter_for, encoder_macs, layer_macs
 from edgeprune.prune.allocate import global_by_cost, uniform
 from edgeprune.prune.apply import apply_plan, dense_shape
-from edgeprune.prune.importance import MEAN, Accumulation, Batches
+from edgeprune.prune.importance import MEAN, Accumulation, Batches, LayerScores
 from edgeprune.prune.importance import criterion as get_criterion
 from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
 
@@ -64,7 +64,7 @@ def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: 
                        calibration_texts=texts, allocation=allocation)
 
 
-def _allocate(allocation: str, scores: list, target: dict[str, float], layer: TransformerLayer,
+def _allocate(allocation: str, scores: list[LayerScores], target: dict[str, float], layer: TransformerLayer,
               seq_len: int = 128) -> tuple[LayerPlan, ...]:
     if allocation == "uniform":
         return uniform(scores, target["heads_ratio"], target["ffn_ratio"])

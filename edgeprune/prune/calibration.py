@@ -8,9 +8,9 @@ import torch
 
 from edgeprune.data import sample_sentences
 from edgeprune.errors import EdgepruneError
+from edgeprune.evaluate import as_torch, tokenize
 
 BATCH_SIZE = 16
-MAX_LENGTH = 128
 
 
 def read_texts(path: Path) -> list[str]:
@@ -25,12 +25,10 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
-def calibration_batches(tokenizer: object, texts: list[str], batch_size: int = BATCH_SIZE,
-                        max_length: int = MAX_LENGTH) -> list[dict[str, torch.Tensor]]:
+def calibration_batches(tokenizer: object, texts: list[str],
+                        batch_size: int = BATCH_SIZE) -> list[dict[str, torch.Tensor]]:
     """Padded batches of model inputs, in the order of ``texts`` (EMA accumulation depends on it)."""
-    return [dict(tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt"))
-            for i in range(0, len(texts), batch_size)]
+    return [as_torch(tokenize(tokenizer, texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
 
 
 def batches_for(criterion: str, tokenizer: object, path: Path | str | None) -> list[dict[str, torch.Tensor]] | None:
