@@ -18,10 +18,14 @@ plans = st.builds(
     PruningPlan,
     layers=st.tuples(*[st.builds(LayerPlan, heads=kept(6), neurons=kept(32)) for _ in range(3)]),
     dense=st.just(DENSE),
-    criterion=st.sampled_from(["magnitude"]),
+    criterion=st.sampled_from(["magnitude", "activation", "taylor", "fisher"]),
     target=st.dictionaries(st.sampled_from(["heads_ratio", "ffn_ratio", "keep_flops"]),
                            st.floats(0.01, 1.0)),
     seed=st.integers(0, 2**31),
+    accumulate=st.sampled_from(["sum", "ema"]),
+    ema_decay=st.floats(0.0, 0.999),
+    calibration_texts=st.integers(0, 10_000),
+    allocation=st.sampled_from(["uniform", "global"]),
 )
 
 
