@@ -42,6 +42,9 @@ Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
 EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
 Calibration = Annotated[Path | None, typer.Option(help="Calibration text, one per line (default: built-in).")]
+Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, lstsq (re-fit output projections), "
+                                             "distill (lstsq, then distillation from the dense model).")]
+DistillSteps = Annotated[int | None, typer.Option(help="Distillation steps with --recover distill (default 400).")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
 
@@ -61,17 +64,24 @@ def handled(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+Tick = Callable[[int, int], None]
+
+
 @contextlib.contextmanager
-def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[None]]]:
-    """A spinner line per pipeline stage with its elapsed time, on stderr."""
-    with Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"), TimeElapsedColumn(),
-                  console=err, transient=False) as progress:
+def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[Tick]]]:
+    """A line per pipeline stage on stderr: spinner, description, done/total when the stage reports it, time."""
+    with Progress(SpinnerColumn(finished_text="[green]✓"), TextColumn("{task.description}"),
+                  TextColumn("{task.fields[count]}"), TimeElapsedColumn(), console=err, transient=False) as progress:
 
         @contextlib.contextmanager
-        def stage(description: str) -> Iterator[None]:
-            task = progress.add_task(description, total=1)
+        def stage(description: str) -> Iterator[Tick]:
+            task = progress.add_task(description, total=1, count="")
+
+            def tick(done: int, total: int) -> None:
+                progress.update(task, count=f"{done}/{total}")
+
             try:
-                yield
+                yield tick
             except BaseException:
                 progress.remove_task(task)  # the error line says what failed
                 raise
@@ -102,6 +112,8 @@ def optimize(
     accumulate: Accumulate = "sum",
     ema_decay: EmaDecay = 0.9,
     calibration: Calibration = None,
+    recover: Recover = "none",
+    distill_steps: DistillSteps = None,
     latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms) at --percentile.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
     min_speedup: Annotated[float, typer.Option(help="Without --latency-ms: required speedup over dense fp32.")] = 2.0,
@@ -119,7 +131,8 @@ def optimize(
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, criterion=criterion,
                                 allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
-                                calibration=str(calibration) if calibration else None, latency_ms=latency_ms,
+                                calibration=str(calibration) if calibration else None, recover=recover,
+                                distill_steps=distill_steps, latency_ms=latency_ms,
                                 memory_mb=memory_mb, min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
                                 stsb=str(stsb) if stsb else None, seed=seed)
@@ -160,20 +173,34 @@ def prune_command(
     accumulate: Accumulate = "sum",
     ema_decay: EmaDecay = 0.9,
     calibration: Calibration = None,
+    recover: Recover = "none",
+    distill_steps: DistillSteps = None,
     seed: Seed = 0,
 ) -> None:
     """Physically remove attention heads and FFN neurons; save safetensors + config + plan."""
-    from edgeprune.models.loading import LoadedModel, load_model, save_pruned
-    from edgeprune.prune import Accumulation, kept_macs_fraction, prune
-    from edgeprune.prune.calibration import batches_for
+    from edgeprune.files import guard_output
+    from edgeprune.models.loading import load_model, save_pruned
+    from edgeprune.prune import kept_macs_fraction
+    from edgeprune.prune.loaded import prune_loaded
 
     dense = load_model(model)
-    pruned, plan = prune(dense.model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
-                         criterion=criterion, batches=batches_for(criterion, dense.tokenizer, calibration),
-                         accumulation=Accumulation(accumulate, ema_decay), allocation=allocation, seed=seed)
-    save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), out_dir)
+    guard_output(out_dir, inputs=[dense.path])  # before minutes of work, not after
+    with _progress() as stage, stage("Pruning" + ("" if recover == "none" else f" and recovering ({recover})")) as tick:
+        pruned = prune_loaded(dense, keep_flops=keep_flops, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio,
+                              criterion=criterion, allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
+                              calibration=calibration, recover=recover, distill_steps=distill_steps, seed=seed,
+                              tick=tick)
+    save_pruned(pruned, out_dir)
+    plan = pruned.plan
     out.print(f"kept heads {plan.kept_heads}, FFN neurons {plan.kept_neurons} "
-              f"({kept_macs_fraction(pruned, plan.dense):.0%} of encoder MACs at seq 128) → {out_dir}")
+              f"({kept_macs_fraction(pruned.model, plan.dense):.0%} of encoder MACs at seq 128) → {out_dir}")
+    if plan.recovery.get("projections"):
+        out.print(f"least-squares recovery: {plan.recovery['refit']}/{plan.recovery['projections']} projections "
+                  f"re-fit; held-aside reconstruction error {plan.recovery['held_out_error_before']:.3f} → "
+                  f"{plan.recovery['held_out_error_after']:.3f}")
+    if plan.recovery.get("distill_steps"):
+        first, last = plan.recovery["distill_loss_first_last"]
+        out.print(f"distillation: {plan.recovery['distill_steps']} steps, loss {first:.4f} → {last:.4f}")
 
 
 @app.command("export")

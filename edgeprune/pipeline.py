@@ -24,8 +24,8 @@ from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.profile import Measurement, compare_latency, load_profile
 from edgeprune.profile.memory import measure_peak_memory
 from edgeprune.provenance import host_fingerprint, versions
-from edgeprune.prune import Accumulation, kept_macs_fraction, prune
-from edgeprune.prune.calibration import batches_for
+from edgeprune.prune import kept_macs_fraction
+from edgeprune.prune.loaded import prune_loaded
 from edgeprune.quantize import quantize
 
 DEFAULT_OUT = Path("edgeprune-out")
@@ -33,7 +33,13 @@ DEFAULT_KEEP_FLOPS = 2 / 3
 """8 of 12 heads and 1024 of 1536 FFN neurons on MiniLM: 2.9x faster with int8 at one thread, -4 STS-B."""
 DEFAULT_MIN_SPEEDUP = 2.0
 
-Stage = Callable[[str], contextlib.AbstractContextManager[Any]]
+Tick = Callable[[int, int], None]
+Stage = Callable[[str], contextlib.AbstractContextManager[Tick]]
+"""Reports a pipeline stage: a context per stage, yielding a (done, total) progress callback."""
+
+
+def _silent(_description: str) -> contextlib.AbstractContextManager[Tick]:
+    return contextlib.nullcontext(lambda _done, _total: None)
 
 
 @dataclass
@@ -50,7 +56,9 @@ class OptimizeSettings:
     accumulate: str = "sum"
     ema_decay: float = 0.9
     calibration: str | None = None
-    """Text file (one text per line) for data-driven criteria; default: built-in sentences."""
+    """Text file (one text per line) for data-driven criteria and recovery; default: built-in sentences."""
+    recover: str = "none"
+    distill_steps: int | None = None
     latency_ms: float | None = None
     memory_mb: float | None = None
     min_speedup: float = DEFAULT_MIN_SPEEDUP
@@ -102,7 +110,7 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
              stage: Stage | None = None) -> RunResult:
     """Run the whole pipeline on ``settings.model`` (the packaged MiniLM when None) into ``out_dir``."""
     settings = settings or OptimizeSettings()
-    stage = stage or (lambda _description: contextlib.nullcontext())
+    stage = stage or _silent
     started = time.perf_counter()
     device = load_profile(settings.profile)
     if not device.is_host:
@@ -116,18 +124,19 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     with staged_dir(out_dir, inputs=[dense.path]) as tmp:
         with stage("Exporting the dense baseline to ONNX"):
             dense_export = export(dense, tmp / "dense-onnx")
-        with stage("Pruning heads and FFN neurons"):
+        recovering = "" if settings.recover == "none" else f" and recovering ({settings.recover})"
+        with stage(f"Pruning heads and FFN neurons{recovering}") as tick:
             t0 = time.perf_counter()
-            pruned_model, plan = prune(
-                dense.model, criterion=settings.criterion, seed=settings.seed,
-                batches=batches_for(settings.criterion, dense.tokenizer, settings.calibration),
-                accumulation=Accumulation(settings.accumulate, settings.ema_decay), allocation=settings.allocation,
-                **settings.pruning_target())
-            pruned = LoadedModel(pruned_model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
+            pruned = prune_loaded(dense, **settings.pruning_target(), criterion=settings.criterion,
+                                  allocation=settings.allocation, accumulate=settings.accumulate,
+                                  ema_decay=settings.ema_decay, calibration=settings.calibration,
+                                  recover=settings.recover, distill_steps=settings.distill_steps, seed=settings.seed,
+                                  tick=tick)
             save_pruned(pruned, tmp / "pruned")
+            plan = pruned.plan
             figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,
-                                "kept_neurons": plan.kept_neurons,
-                                "kept_macs_fraction": round(kept_macs_fraction(pruned_model, plan.dense,
+                                "kept_neurons": plan.kept_neurons, "recovery": plan.recovery,
+                                "kept_macs_fraction": round(kept_macs_fraction(pruned.model, plan.dense,
                                                                                settings.seq_len), 4)}
         with stage("Exporting the pruned model to ONNX (parity-checked)"):
             pruned_export = export(pruned, tmp / "onnx")

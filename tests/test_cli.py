@@ -122,3 +122,29 @@ def test_prune_with_a_data_driven_criterion_records_it(tiny_bert_dir, tmp_path) 
                               "--criterion", "oracle"])
     assert "unknown importance criterion 'oracle'" in _one_clear_error(bad)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("recover", ["lstsq", "distill"])
+def test_prune_with_recovery_gives_the_same_model_as_the_api(tiny_bert_dir, tmp_path, recover) -> None:
+    import safetensors.torch
+
+    from edgeprune.models.loading import load_model
+    from edgeprune.prune.loaded import prune_loaded
+
+    calibration = tmp_path / "calib.txt"
+    calibration.write_text("\n".join(f"sentence {i} about {w} on edge devices" for i, w in
+                                     enumerate(["phones", "boards", "servers", "latency", "memory"] * 8)))
+    out = tmp_path / "pruned"
+    args = ["--keep-flops", "0.5", "--criterion", "taylor", "--recover", recover, "--distill-steps", "5",
+            "--calibration", str(calibration)]
+    result = runner.invoke(app, ["prune", str(tiny_bert_dir), "--out", str(out), *args])
+    assert result.exit_code == 0, result.output
+    plan = json.loads((out / "pruning_plan.json").read_text())
+    assert plan["recovery"]["method"] == recover and plan["recovery"]["projections"] == 6
+    assert "least-squares recovery" in result.stdout
+    assert (recover == "distill") == ("distillation: 5 steps" in result.stdout)
+    api = prune_loaded(load_model(tiny_bert_dir), keep_flops=0.5, criterion="taylor", recover=recover,
+                       distill_steps=5, calibration=calibration)
+    cli_weights = safetensors.torch.load_file(out / "model.safetensors")
+    for name, tensor in api.model.state_dict().items():
+        assert name in cli_weights and (cli_weights[name] == tensor).all(), name

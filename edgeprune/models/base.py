@@ -21,9 +21,13 @@ class TransformerLayer:
 
     Heads are contiguous blocks of ``head_dim`` output rows of query/key/value and
     input columns of ``attn_out``; FFN neurons are output rows of ``ffn_in`` and input
-    columns of ``ffn_out``.
+    columns of ``ffn_out``. ``attn_norm`` / ``ffn_norm`` are the modules whose input is that
+    projection's output added to the residual stream (post-LN: the LayerNorm); recovery
+    re-fits each projection to match the dense model there.
     """
 
+    block: nn.Module
+    """The whole encoder layer: hidden states in (first argument), hidden states out."""
     attention: nn.Module
     query: nn.Linear
     key: nn.Linear
@@ -31,6 +35,8 @@ class TransformerLayer:
     attn_out: nn.Linear
     ffn_in: nn.Linear
     ffn_out: nn.Linear
+    attn_norm: nn.Module
+    ffn_norm: nn.Module
     head_dim: int
 
     @property

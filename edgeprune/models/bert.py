@@ -14,6 +14,7 @@ class BertAdapter(ModelAdapter):
     def layers(self, model: nn.Module) -> list[TransformerLayer]:
         return [
             TransformerLayer(
+                block=layer,
                 attention=layer.attention.self,
                 query=layer.attention.self.query,
                 key=layer.attention.self.key,
@@ -21,6 +22,8 @@ class BertAdapter(ModelAdapter):
                 attn_out=layer.attention.output.dense,
                 ffn_in=layer.intermediate.dense,
                 ffn_out=layer.output.dense,
+                attn_norm=layer.attention.output.LayerNorm,
+                ffn_norm=layer.output.LayerNorm,
                 head_dim=layer.attention.self.attention_head_size,
             )
             for layer in model.base_model.encoder.layer

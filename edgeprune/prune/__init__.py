@@ -7,6 +7,7 @@ reproduces it; the input model is left untouched.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
@@ -18,6 +19,7 @@ from edgeprune.prune.apply import apply_plan, dense_shape
 from edgeprune.prune.importance import MEAN, Accumulation, Batches, LayerScores
 from edgeprune.prune.importance import criterion as get_criterion
 from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
+from edgeprune.prune.recover import DISTILL_STEPS, RECOVERY_METHODS, Tick, recover
 
 
 def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
@@ -79,14 +81,32 @@ def _allocate(allocation: str, scores: list[LayerScores], target: dict[str, floa
 
 def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
           keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
-          accumulation: Accumulation = MEAN, allocation: str = "uniform",
-          seed: int = 0) -> tuple[nn.Module, PruningPlan]:
-    """Return a physically pruned copy of ``model`` and the plan that produced it."""
+          accumulation: Accumulation = MEAN, allocation: str = "uniform", recovery: str = "none",
+          distill_steps: int = DISTILL_STEPS, seed: int = 0,
+          tick: Tick | None = None) -> tuple[nn.Module, PruningPlan]:
+    """Return a physically pruned copy of ``model`` and the plan that produced it.
+
+    ``recovery`` (``none``, ``lstsq``, ``distill``) then re-fits the pruned copy towards
+    ``model`` on the same calibration ``batches``; the plan records what it did. ``tick``
+    reports recovery progress as (done, total).
+    """
+    if recovery not in RECOVERY_METHODS:
+        raise PlanError(f"unknown recovery '{recovery}'", f"choose one of: {', '.join(RECOVERY_METHODS)}")
+    batches = list(batches) if batches is not None else None
     plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
                      criterion=criterion, batches=batches, accumulation=accumulation, allocation=allocation,
                      seed=seed)
-    pruned = apply_plan(copy.deepcopy(model), adapter_for(model), plan)
-    return pruned.eval(), plan
+    adapter = adapter_for(model)
+    pruned = apply_plan(copy.deepcopy(model), adapter, plan).eval()
+    was_training = model.training
+    model.eval()
+    try:
+        report = recover(model, pruned, adapter, batches or [], recovery, distill_steps, seed, tick)
+    finally:
+        model.train(was_training)
+    if recovery != "none" and criterion == "magnitude":
+        plan = dataclasses.replace(plan, calibration_texts=sum(len(b["input_ids"]) for b in batches or ()))
+    return pruned.eval(), dataclasses.replace(plan, recovery=report.summary())
 
 
 def kept_macs_fraction(pruned: nn.Module, dense: DenseShape, seq_len: int = 128) -> float:
@@ -97,5 +117,5 @@ def kept_macs_fraction(pruned: nn.Module, dense: DenseShape, seq_len: int = 128)
     return encoder_macs(layers, seq_len) / dense_macs
 
 
-__all__ = ["Accumulation", "LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction", "make_plan", "prune",
-           "resolve_target"]
+__all__ = ["RECOVERY_METHODS", "Accumulation", "LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction",
+           "make_plan", "prune", "resolve_target"]

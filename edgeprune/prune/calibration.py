@@ -31,8 +31,9 @@ def calibration_batches(tokenizer: object, texts: list[str],
     return [as_torch(tokenize(tokenizer, texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
 
 
-def batches_for(criterion: str, tokenizer: object, path: Path | str | None) -> list[dict[str, torch.Tensor]] | None:
-    """Calibration batches when ``criterion`` needs data: from ``path``, else edgeprune's built-in sentences."""
-    if criterion == "magnitude":
+def batches_for(criterion: str, recovery: str, tokenizer: object,
+                path: Path | str | None) -> list[dict[str, torch.Tensor]] | None:
+    """Calibration batches when scoring or recovery needs data: from ``path``, else edgeprune's built-in sentences."""
+    if criterion == "magnitude" and recovery == "none":
         return None
     return calibration_batches(tokenizer, read_texts(Path(path)) if path else sample_sentences())

@@ -49,6 +49,8 @@ class PruningPlan:
     calibration_texts: int = 0
     """How many calibration texts were scored (0 for weight-only criteria)."""
     allocation: str = "uniform"
+    recovery: dict[str, Any] = field(default_factory=lambda: {"method": "none"})
+    """What recovery did after slicing (method, fitted projections, held-aside errors, distillation)."""
 
     def __post_init__(self) -> None:
         if len(self.layers) != self.dense.num_layers:
@@ -94,6 +96,7 @@ class PruningPlan:
                 ema_decay=float(data.get("ema_decay", 0.9)),
                 calibration_texts=int(data.get("calibration_texts", 0)),
                 allocation=str(data.get("allocation", "uniform")),
+                recovery=dict(data.get("recovery", {"method": "none"})),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed pruning plan ({type(exc).__name__}: {exc})",

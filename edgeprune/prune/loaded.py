@@ -1,0 +1,31 @@
+"""Prune a loaded model the way the CLI does: read calibration text, prune, recover, keep the tokenizer.
+
+``edgeprune prune`` and the ``optimize`` pipeline both come through here, so the same
+options give the same model from either.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgeprune.models.loading import LoadedModel
+from edgeprune.prune import Accumulation, prune
+from edgeprune.prune.calibration import batches_for
+from edgeprune.prune.recover import DISTILL_STEPS, Tick
+
+
+def prune_loaded(dense: LoadedModel, *, keep_flops: float | None = None, heads_ratio: float | None = None,
+                 ffn_ratio: float | None = None, criterion: str = "magnitude", allocation: str = "uniform",
+                 accumulate: str = "sum", ema_decay: float = 0.9, calibration: Path | str | None = None,
+                 recover: str = "none", distill_steps: int | None = None, seed: int = 0,
+                 tick: Tick | None = None) -> LoadedModel:
+    """Prune ``dense`` (calibration text from ``calibration``, else built-in sentences, when needed).
+
+    ``distill_steps`` None means the library default.
+    """
+    batches = batches_for(criterion, recover, dense.tokenizer, calibration)
+    model, plan = prune(dense.model, keep_flops=keep_flops, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio,
+                        criterion=criterion, batches=batches, accumulation=Accumulation(accumulate, ema_decay),
+                        allocation=allocation, recovery=recover, seed=seed, tick=tick,
+                        distill_steps=DISTILL_STEPS if distill_steps is None else distill_steps)
+    return LoadedModel(model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
