@@ -122,3 +122,61 @@ def stsb_spearman(encoder: Encoder, path: Path) -> float:
     a, b = encoder(pairs.first), encoder(pairs.second)
     cos = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return 100.0 * spearman(cos, pairs.gold)
+
+
+@dataclass
+class LabeledTexts:
+    texts: list[str]
+    labels: np.ndarray
+
+
+def load_ag_news(path: Path) -> LabeledTexts:
+    """AG News CSV: quoted class (1-4), title, description; a text is title and description, labels 0-3."""
+    path = Path(path)
+    if not path.is_file():
+        raise EdgepruneError(f"AG News file '{path}' does not exist", "pass the path of ag_news/test.csv")
+    texts, labels = [], []
+    with open(path, encoding="utf-8", newline="") as handle:
+        for row in csv.reader(handle):
+            if len(row) == 3 and row[0].isdigit():
+                labels.append(int(row[0]) - 1)
+                texts.append(f"{row[1]}. {row[2]}".replace("\\", " "))
+    if not texts:
+        raise EdgepruneError(f"'{path}' has no AG News rows", "pass the AG News CSV (class, title, description)")
+    return LabeledTexts(texts, np.asarray(labels))
+
+
+@dataclass
+class LinearProbe:
+    """A softmax classifier on frozen (L2-normalised) sentence embeddings."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, labels: np.ndarray, l2: float = 1e-3, seed: int = 0) -> LinearProbe:
+        """Multinomial logistic regression with an L2 penalty, solved by L-BFGS (deterministic under ``seed``)."""
+        torch.manual_seed(seed)
+        x = torch.from_numpy(_unit(embeddings)).double()
+        y = torch.from_numpy(labels).long()
+        weight = torch.zeros(x.shape[1], int(labels.max()) + 1, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(int(labels.max()) + 1, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            optimizer.zero_grad()
+            value = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * weight.pow(2).sum()
+            value.backward()
+            return value
+
+        optimizer.step(loss)
+        return cls(weight.detach().numpy(), bias.detach().numpy())
+
+    def accuracy(self, embeddings: np.ndarray, labels: np.ndarray) -> float:
+        """Share of correct predictions ×100."""
+        predicted = (_unit(embeddings).astype(np.float64) @ self.weight + self.bias).argmax(axis=1)
+        return 100.0 * float((predicted == labels).mean())
+
+
+def _unit(embeddings: np.ndarray) -> np.ndarray:
+    return embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)

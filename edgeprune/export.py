@@ -23,7 +23,8 @@ from edgeprune.quiet import quiet
 
 ONNX_FILE = "model.onnx"
 DEFAULT_ATOL = 1e-4
-"""Max abs difference allowed between PyTorch and ONNX outputs (fp32 exports measure ~1e-6)."""
+"""Max abs difference allowed between PyTorch and ONNX outputs, per unit of the largest output magnitude
+(fp32 rounding grows with the values: MiniLM's states reach ~6, its exports differ by ~4e-6 to 1.2e-4)."""
 
 
 @dataclass
@@ -41,7 +42,8 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, texts
 
     ``model`` is a loaded model or a directory (None = the packaged default model).
 
-    Raises ``ExportError`` (and writes nothing) when the outputs differ by more than ``atol``.
+    Raises ``ExportError`` (and writes nothing) when the outputs differ by more than
+    ``atol`` × max(1, largest |output|).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     texts = texts or sample_sentences()
@@ -51,16 +53,16 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, texts
         copy_sentence_transformers_files(loaded.path, tmp)
         if loaded.plan is not None:
             loaded.plan.save(tmp / PLAN_FILE)
-        diff = parity(loaded, tmp / ONNX_FILE, texts)
-        if not diff <= atol:
-            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g})",
-                              "report this model; try another --opset")
+        diff, scale = parity(loaded, tmp / ONNX_FILE, texts)
+        if not diff <= atol * max(1.0, scale):
+            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
+                              f"largest output {scale:.3g}))", "report this model; try another --opset")
     return ExportResult(onnx_path=out_dir / ONNX_FILE, max_abs_diff=diff, parity_texts=len(texts),
                         task=loaded.task)
 
 
-def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> float:
-    """Max abs difference between PyTorch and ONNX first outputs, padding positions excluded."""
+def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> tuple[float, float]:
+    """Max abs difference between PyTorch and ONNX first outputs and the largest |PyTorch output|, padding excluded."""
     arrays = tokenize(loaded.tokenizer, texts)
     with torch.no_grad():
         expected = loaded.model(**as_torch(arrays))[0].numpy()
@@ -69,10 +71,10 @@ def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> float:
     if actual.shape != expected.shape:
         raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}",
                           "report this model")
-    diff = np.abs(actual - expected)
-    if diff.ndim == 3:
-        diff = diff[arrays["attention_mask"].astype(bool)]
-    return float(diff.max())
+    if expected.ndim == 3:
+        real = arrays["attention_mask"].astype(bool)
+        actual, expected = actual[real], expected[real]
+    return float(np.abs(actual - expected).max()), float(np.abs(expected).max())
 
 
 def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:

@@ -40,25 +40,34 @@ def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
             "ffn_ratio": 1.0 if ffn_ratio is None else ffn_ratio}
 
 
-def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
-              keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
-              accumulation: Accumulation = MEAN, allocation: str = "uniform", seed: int = 0) -> PruningPlan:
-    """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps.
-
-    ``allocation`` is ``uniform`` (the same ratio in every layer) or ``global`` (units of all
-    layers ranked together by score per MAC under ``keep_flops``).
-    """
-    adapter = adapter_for(model)
-    target = resolve_target(heads_ratio, ffn_ratio, keep_flops)
-    score = get_criterion(criterion)
-    batches = list(batches) if batches is not None else None
+def score(model: nn.Module, criterion: str = "magnitude", batches: Batches | None = None,
+          accumulation: Accumulation = MEAN, seed: int = 0) -> list[LayerScores]:
+    """Importance of every head and FFN neuron of the dense ``model`` (higher = keep)."""
+    criterion_fn = get_criterion(criterion)
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     try:
-        scores = score(model, adapter, batches, accumulation)
+        return criterion_fn(model, adapter_for(model), batches, accumulation)
     finally:
         model.train(was_training)
+
+
+def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
+              keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
+              accumulation: Accumulation = MEAN, allocation: str = "uniform", seed: int = 0,
+              scores: list[LayerScores] | None = None) -> PruningPlan:
+    """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps.
+
+    ``allocation`` is ``uniform`` (the same ratio in every layer) or ``global`` (units of all
+    layers ranked together by score per MAC under ``keep_flops``). Pass ``scores`` from
+    ``score`` to plan several targets from one scoring run.
+    """
+    adapter = adapter_for(model)
+    target = resolve_target(heads_ratio, ffn_ratio, keep_flops)
+    batches = list(batches) if batches is not None else None
+    if scores is None:
+        scores = score(model, criterion, batches, accumulation, seed)
     layers = _allocate(allocation, scores, target, adapter.layers(model)[0])
     texts = 0 if criterion == "magnitude" or not batches else sum(len(b["input_ids"]) for b in batches)
     return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion, target=target,
@@ -118,4 +127,4 @@ def kept_macs_fraction(pruned: nn.Module, dense: DenseShape, seq_len: int = 128)
 
 
 __all__ = ["RECOVERY_METHODS", "Accumulation", "LayerPlan", "PruningPlan", "apply_plan", "kept_macs_fraction",
-           "make_plan", "prune", "resolve_target"]
+           "make_plan", "prune", "resolve_target", "score"]
