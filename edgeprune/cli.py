@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
@@ -296,11 +297,15 @@ def profiles_list() -> None:
     from edgeprune.profile.devices import available_profiles, load_profile
 
     table = Table()
-    for column in ("name", "cpu", "isa", "threads", "description"):
+    table.add_column("name", no_wrap=True)
+    for column in ("cpu", "cores", "inference runs on", "threads"):
         table.add_column(column)
     for name in available_profiles():
         p = load_profile(name)
-        table.add_row(p.name, p.cpu.name, " ".join(p.cpu.isa), str(p.runtime.threads), p.description)
+        cluster = p.cluster
+        table.add_row(p.name, p.cpu.name, str(p.cpu.cores),
+                      f"{cluster.core} @ {cluster.clock_ghz:.2f} GHz ({' '.join(cluster.isa)})",
+                      str(p.runtime.threads))
     out.print(table)
 
 
@@ -311,6 +316,29 @@ def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or YAML
     from edgeprune.profile.devices import load_profile
 
     out.print(load_profile(name).to_yaml(), highlight=False, markup=False)
+
+
+@profiles_app.command("validate")
+@handled
+def profiles_validate(path: Annotated[Path, typer.Argument(help="Profile YAML file.")]) -> None:
+    """Check a profile file against the schema; exit 2 naming the first bad field."""
+    from edgeprune.profile.devices import parse_profile
+
+    device = parse_profile(path)
+    figures = _quantities(device.model_dump(exclude_none=True))
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(collections.Counter(figures).items()))
+    out.print(f"{path}: valid profile '{device.name}' — {len(figures)} figures ({kinds})", highlight=False)
+
+
+def _quantities(data: Any) -> list[str]:
+    """The ``kind`` of every figure in a dumped profile."""
+    if isinstance(data, dict):
+        if {"value", "unit", "kind"} <= data.keys():
+            return [data["kind"]]
+        return [k for value in data.values() for k in _quantities(value)]
+    if isinstance(data, list):
+        return [k for value in data for k in _quantities(value)]
+    return []
 
 
 def _print_verdicts(lines: list[Any]) -> None:

@@ -22,5 +22,5 @@ def host_fingerprint() -> dict[str, object]:
     from edgeprune.profile.devices import detect_host
 
     host = detect_host()
-    return {"cpu": host.cpu.name, "arch": host.cpu.arch, "cores": int(host.cpu.cores.value),
+    return {"cpu": host.cpu.name, "arch": host.cpu.arch, "cores": host.cpu.cores,
             "isa": host.cpu.isa, "memory_gib": host.memory.capacity.value, "platform": platform.platform()}

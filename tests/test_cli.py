@@ -64,6 +64,20 @@ def test_malformed_profile_yaml(tiny_onnx, tmp_path) -> None:
     assert "not valid YAML" in _one_clear_error(result)
     result = runner.invoke(app, ["profiles", "show", str(bad)])
     assert "not valid YAML" in _one_clear_error(result)
+    result = runner.invoke(app, ["profiles", "validate", str(bad)])
+    assert "not valid YAML" in _one_clear_error(result)
+
+
+def test_profiles_validate_names_the_bad_field(tmp_path) -> None:
+    from edgeprune.profile.devices import profile_dir
+
+    good = profile_dir() / "rpi5.yaml"
+    result = runner.invoke(app, ["profiles", "validate", str(good)])
+    assert result.exit_code == 0 and "valid profile 'rpi5'" in result.stdout and "measured" in result.stdout
+    bad = tmp_path / "rpi5.yaml"
+    bad.write_text(good.read_text().replace("unit: GHz", "unit: Hz", 1))
+    assert "field 'cpu.clusters.0.max_clock.unit'" in _one_clear_error(runner.invoke(app, ["profiles", "validate",
+                                                                                         str(bad)]))
 
 
 def test_unknown_architecture_and_missing_model_write_nothing(tmp_path) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -31,8 +33,9 @@ def test_non_host_profile_is_refused_not_faked(tiny_onnx) -> None:
 
 def test_host_detection() -> None:
     host = detect_host()
-    assert host.is_host and host.cpu.cores.value >= 1 and host.memory.capacity.value > 0
-    assert host.runtime.threads == int(host.cpu.cores.value)
+    assert host.is_host and host.cpu.cores >= 1 and host.memory.capacity.to("GiB") > 0
+    assert host.runtime.threads == host.cpu.cores and host.cluster.clock_ghz > 0
+    assert host.cluster.fp32_flops_per_cycle.kind == "derived" and host.cluster.int8_ops_per_cycle.value > 0
     assert available_profiles()[0] == "host" and "x86-avx2-server" in available_profiles()
 
 
@@ -51,18 +54,23 @@ def _server_profile() -> dict:
 
 
 @pytest.mark.parametrize("edit, field", [
-    (lambda d: d["cpu"]["cores"].pop("unit"), "cpu.cores.unit"),
-    (lambda d: d["memory"]["capacity"].update(value=-1), "memory.capacity.value"),
-    (lambda d: d["runtime"].update(threads=0), "runtime.threads"),
-    (lambda d: d.pop("cpu"), "cpu"),
-    (lambda d: d.update(colour="blue"), "colour"),
+    (lambda d: d["cpu"]["clusters"][0]["count"].pop("unit"), "field 'cpu.clusters.0.count.unit'"),
+    (lambda d: d["cpu"]["clusters"][0]["max_clock"].update(unit="Hz"), "field 'cpu.clusters.0.max_clock.unit'"),
+    (lambda d: d["cpu"]["clusters"][0]["max_clock"].update(unit="GB/s"), "field 'cpu.clusters.0.max_clock'"),
+    (lambda d: d["cpu"]["clusters"][0].pop("int8_ops_per_cycle"), "field 'cpu.clusters.0.int8_ops_per_cycle'"),
+    (lambda d: d["memory"]["capacity"].update(value=-1), "field 'memory.capacity.value'"),
+    (lambda d: d["memory"]["capacity"].update(source=""), "field 'memory.capacity.source'"),
+    (lambda d: d["runtime"].update(threads=0), "field 'runtime.threads'"),
+    (lambda d: d["runtime"].update(cluster=3), "runtime.cluster 3 does not exist"),
+    (lambda d: d.pop("cpu"), "field 'cpu'"),
+    (lambda d: d.update(colour="blue"), "field 'colour'"),
 ])
 def test_schema_rejects_bad_profiles(tmp_path, edit, field) -> None:
     data = _server_profile()
     edit(data)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ProfileError, match=f"field '{field}'"):
+    with pytest.raises(ProfileError, match=re.escape(field)):
         load_profile(path)
 
 
@@ -74,3 +82,26 @@ def test_malformed_yaml_and_unknown_name(tmp_path) -> None:
     with pytest.raises(ProfileError, match="unknown device profile 'pixel-99'"):
         load_profile("pixel-99")
     assert isinstance(load_profile("x86-avx2-server"), DeviceProfile)
+
+
+def test_bundled_profiles_cover_the_targets_and_carry_sources() -> None:
+    names = set(available_profiles())
+    assert {"host", "x86-avx2-server", "x86-avx512-vnni-server", "rpi4", "rpi5", "jetson-orin-nano",
+            "android-midrange-sd778g", "android-flagship-sd8gen3", "iphone-a17-pro"} <= names
+    for name in names - {"host"}:
+        device = load_profile(name)
+        assert device.cluster.clock_ghz > 0 and device.cluster.fp32_flops_per_cycle.value > 0
+        assert device.memory.bandwidth_theoretical is not None, name
+    assert load_profile("rpi4").has("neon") and not load_profile("rpi4").has("dotprod")
+    assert load_profile("android-midrange-sd778g").cluster.core == "Cortex-A78"
+
+
+def test_quantities_convert_within_a_dimension_only() -> None:
+    from edgeprune.errors import ProfileError
+    from edgeprune.profile.devices import Quantity
+
+    q = Quantity(value=1800, unit="MHz", source="t", kind="assumed")
+    assert q.to("GHz") == pytest.approx(1.8)
+    assert Quantity(value=2, unit="GiB", source="t", kind="assumed").to("MiB") == 2048
+    with pytest.raises(ProfileError, match="cannot express MHz in GB/s"):
+        q.to("GB/s")

@@ -3,15 +3,18 @@ from __future__ import annotations
 import numpy as np
 
 from edgeprune import runtime
-from edgeprune.profile.devices import Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
+from edgeprune.profile.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
 from edgeprune.quantize import int8_scheme, quantize
 
 
 def _device(arch: str, isa: list[str]) -> DeviceProfile:
-    q = Quantity(value=4, unit="cores", source="test", kind="assumed")
-    return DeviceProfile(name="t", description="", cpu=Cpu(name="t", arch=arch, cores=q, isa=isa),
-                         memory=Memory(capacity=Quantity(value=4, unit="GiB", source="test", kind="assumed")),
-                         runtime=Runtime(threads=1))
+    def q(value: float, unit: str) -> Quantity:
+        return Quantity(value=value, unit=unit, source="test", kind="assumed")
+
+    cluster = Cluster(core="t", count=q(4, "cores"), max_clock=q(2, "GHz"), isa=isa,
+                      fp32_flops_per_cycle=q(16, "FLOP/cycle"), int8_ops_per_cycle=q(64, "ops/cycle"))
+    return DeviceProfile(name="t", description="", cpu=Cpu(name="t", arch=arch, clusters=[cluster]),
+                         memory=Memory(capacity=q(4, "GiB")), runtime=Runtime(threads=1))
 
 
 def test_scheme_follows_the_isa() -> None:
