@@ -248,10 +248,23 @@ def profile_command(
     runs: RunsOpt = 100,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
 ) -> None:
-    """Measure latency percentiles and peak memory on this host."""
+    """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles."""
+    from edgeprune.profile import estimate, load_profile
     from edgeprune.profile import profile as measure
 
-    m = measure(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
+    device = load_profile(profile)
+    if not device.is_host:
+        e = estimate(model, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
+        table = Table(title=f"{model} on {e.device}, predicted ({e.threads} thread(s), batch {batch}, seq {seq_len})")
+        for column in ("p50 ms", "p90 ms", "band", "peak MiB over baseline"):
+            table.add_column(column, justify="right")
+        (p50, low, high), (p90, _, _), (mem, _, _) = e.latency("p50"), e.latency("p90"), e.memory()
+        table.add_row(f"{p50:.2f}", f"{p90:.2f}", f"{low:.2f}-{high:.2f} (±{e.prediction.band:.0%})", f"{mem:.0f}")
+        out.print(table)
+        out.print("; ".join(e.prediction.basis), highlight=False, soft_wrap=True)
+        _write_json(json_out, e.to_dict())
+        return
+    m = measure(model, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
     lat = m.latency.to_dict()
     table = Table(title=f"{model} on {m.profile} ({m.threads} thread(s), batch {batch}, seq {seq_len})")
     for column in ("p50 ms", "p90 ms", "p99 ms", "std ms", "size MB", "peak MiB over baseline"):
@@ -276,15 +289,21 @@ def check_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write verdicts + measurement as JSON.")] = None,
     junit_out: Annotated[Path | None, typer.Option("--junit", help="Write verdicts as JUnit XML.")] = None,
 ) -> None:
-    """Pass/fail against a latency and/or memory budget: exit 0 within, 1 over, 2 on bad input."""
+    """Pass/fail against a latency and/or memory budget: exit 0 within, 1 over or uncertain, 2 on bad input.
+
+    On this host the model is measured; on any other profile it is predicted with an error band.
+    """
     from edgeprune.check import Budget, check, junit_xml, passed
     from edgeprune.files import atomic_write_text
 
     budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile)
-    lines, measurement = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
+    lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
     _print_verdicts(lines)
+    if hasattr(result, "prediction"):
+        out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.prediction.basis),
+                  highlight=False, soft_wrap=True)
     _write_json(json_out, {"passed": passed(lines), "verdicts": [v.to_dict() for v in lines],
-                           "measurement": measurement.to_dict()})
+                           "measurement": result.to_dict()})
     if junit_out is not None:
         atomic_write_text(junit_out, junit_xml(lines))
     raise typer.Exit(0 if passed(lines) else EXIT_FAIL)
@@ -343,11 +362,12 @@ def _quantities(data: Any) -> list[str]:
 
 def _print_verdicts(lines: list[Any]) -> None:
     table = Table(title="budget check")
-    for column in ("profile", "metric", "value", "budget", "margin", "verdict"):
+    for column in ("profile", "metric", "value", "band", "budget", "margin", "verdict"):
         table.add_column(column, justify="left" if column in ("profile", "metric", "verdict") else "right")
     for v in lines:
-        colour = "green" if v.status == "PASS" else "red"
-        table.add_row(v.profile, v.metric, f"{v.value:.2f} {v.unit}", f"{v.budget:.2f} {v.unit}", f"{v.margin:+.0%}",
-                      f"[{colour}]{v.status}[/]")
+        colour = {"PASS": "green", "UNCERTAIN": "yellow"}.get(v.status, "red")
+        band = f"{v.low:.2f}-{v.high:.2f}" if v.predicted else "measured"
+        table.add_row(v.profile, v.metric, f"{v.value:.2f} {v.unit}", band, f"{v.budget:.2f} {v.unit}",
+                      f"{v.margin:+.0%}", f"[{colour}]{v.status}[/]")
     out.print(table)
 

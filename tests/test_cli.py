@@ -162,3 +162,18 @@ def test_prune_with_recovery_gives_the_same_model_as_the_api(tiny_bert_dir, tmp_
     cli_weights = safetensors.torch.load_file(out / "model.safetensors")
     for name, tensor in api.model.state_dict().items():
         assert name in cli_weights and (cli_weights[name] == tensor).all(), name
+
+
+def test_check_on_another_device_reports_a_predicted_band(tiny_onnx, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    result = runner.invoke(app, ["check", str(tiny_onnx), "--profile", "rpi4", "--latency-ms", "100000",
+                                 "--json", str(tmp_path / "v.json"), "--junit", str(tmp_path / "v.xml"),
+                                 "--runs", "5", "--seq-len", "16"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "v.json").read_text())
+    line = report["verdicts"][0]
+    assert line["predicted"] and line["low"] < line["value"] < line["high"] and line["status"] == "PASS"
+    assert report["measurement"]["predicted"] and "ISA family" in result.stdout
+    assert 'failures="0"' in (tmp_path / "v.xml").read_text()
+    shown = runner.invoke(app, ["profile", str(tiny_onnx), "--profile", "rpi4", "--runs", "5", "--seq-len", "16"])
+    assert shown.exit_code == 0 and "predicted" in shown.stdout, shown.output

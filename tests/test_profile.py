@@ -26,9 +26,20 @@ def test_profile_measures_latency_and_memory(tiny_onnx) -> None:
     assert len(measure_latency(tiny_onnx, 1, seq_len=8, warmup=1, runs=3).samples_ms) == 3
 
 
-def test_non_host_profile_is_refused_not_faked(tiny_onnx) -> None:
-    with pytest.raises(ProfileError, match="cannot yet predict"):
+def test_other_devices_are_predicted_with_a_band_never_measured_here(tiny_onnx, tmp_path, monkeypatch) -> None:
+    from edgeprune.check import Budget, check
+    from edgeprune.profile import estimate
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # host rates are measured into this cache
+    with pytest.raises(ProfileError, match="not this host"):
         profile(tiny_onnx, "x86-avx2-server", runs=1)
+    rpi = estimate(tiny_onnx, "rpi5", seq_len=16, runs=5)
+    value, low, high = rpi.latency("p90")
+    assert rpi.threads == 4 and low < value < high and rpi.host.threads == 1
+    assert list(tmp_path.glob("edgeprune/host-rates-*-1t.json"))
+    for budget, status in ((high * 2, "PASS"), (low / 2, "FAIL"), (value, "UNCERTAIN")):
+        lines, _ = check(tiny_onnx, "rpi5", Budget(latency_ms=budget, memory_mb=10_000), seq_len=16, runs=5)
+        assert lines[0].status == status and lines[0].predicted and lines[1].status == "PASS"
 
 
 def test_host_detection() -> None:
@@ -105,3 +116,17 @@ def test_quantities_convert_within_a_dimension_only() -> None:
     assert Quantity(value=2, unit="GiB", source="t", kind="assumed").to("MiB") == 2048
     with pytest.raises(ProfileError, match="cannot express MHz in GB/s"):
         q.to("GB/s")
+
+
+def test_operator_profile_counts_the_encoder_work(tiny_onnx) -> None:
+    from edgeprune.models import layer_macs
+    from edgeprune.profile.operators import profile_operators
+
+    ops = profile_operators(tiny_onnx, threads=1, seq_len=16, runs=3, warmup=1)
+    classes = ops.by_class()
+    # tiny BERT: hidden 48, 6 heads of 8, FFN 96, 3 layers; every MAC is 2 FLOP
+    assert classes["gemm_fp32"]["work"] == 2 * 3 * layer_macs(48, 6, 8, 96, 16)
+    assert classes["gemm_fp32"]["nodes"] == 3 * 8  # Q, K, V, scores, context, out, FFN in, FFN out
+    assert all(op.ms >= 0 for op in ops.ops) and 0 < ops.kernel_ms <= ops.wall_ms * 1.5
+    assert classes["memory"]["traffic"] > 0 and {op.op_class for op in ops.ops} <= {
+        "gemm_fp32", "gemm_int8", "memory", "tiny"}

@@ -124,3 +124,6 @@ def test_recovery_needs_calibration_and_a_known_method(tiny_bert_dir) -> None:
     with pytest.raises(PlanError, match="distill-steps"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
                 calibration_batches(dense.tokenizer, TEXTS[:4]), "distill", distill_steps=0)
+    with pytest.raises(PlanError, match="at least 2 calibration batches"):
+        recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
+                calibration_batches(dense.tokenizer, TEXTS[:4]), "lstsq")

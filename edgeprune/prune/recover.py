@@ -30,7 +30,8 @@ RECOVERY_METHODS = ("none", "lstsq", "distill")
 DAMPING_GRID = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Ridge strengths tried, relative to the mean diagonal of XᵀX; held-aside data picks one."""
 HOLDOUT_EVERY = 4
-"""Every 4th calibration batch is held aside to choose the ridge strength and validate the fit."""
+"""Every 4th calibration batch (the last one when there are fewer) is held aside to choose the ridge
+strength and validate the fit."""
 DISTILL_STEPS = 400
 DISTILL_LR = 3e-4
 
@@ -82,6 +83,8 @@ def recover(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, batches:
         return report
     if not batches:
         raise PlanError(f"--recover {method} needs calibration text and got none", "pass --calibration FILE")
+    if method == "distill" and distill_steps < 1:
+        raise PlanError(f"--distill-steps {distill_steps} is not positive", "pass a step count such as 400")
     report.fits = least_squares(dense, pruned, adapter, batches, tick)
     if method == "distill":
         report.distill_steps = distill_steps
@@ -102,7 +105,11 @@ def least_squares(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, ba
     dense_calls = [_block_call(dense, dense_layers[0].block, batch) for batch in batches]
     pruned_calls = [_block_call(pruned, pruned_layers[0].block, batch) for batch in batches]
     tokens = [batch["attention_mask"].bool() for batch in batches]
-    held = [len(batches) > 1 and i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for i in range(len(batches))]
+    if len(batches) < 2:
+        raise PlanError("least-squares recovery needs at least 2 calibration batches (one is held aside)",
+                        "pass more calibration text (32 texts or more)")
+    held = [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 or (len(batches) < HOLDOUT_EVERY and i == len(batches) - 1)
+            for i in range(len(batches))]
     fits = []
     for i, (d, p) in enumerate(zip(dense_layers, pruned_layers)):
         targets: list[dict[nn.Module, torch.Tensor]] = []
@@ -159,8 +166,6 @@ def _refit(name: str, proj: nn.Linear, samples: list[tuple[torch.Tensor, torch.T
                          torch.zeros(width, proj.out_features, dtype=torch.float64)) for _ in range(2))
     for (inputs, targets, aside), dense_sum in zip(samples, dense_sums):
         (held if aside else fit).add(inputs, targets, 1.0 / dense_sum.double().std(dim=-1, keepdim=True))
-    if held.energy == 0.0:
-        held = fit
     current = torch.cat([proj.weight, proj.bias[:, None]], dim=1).double()
     before = held.error(current)
     best = (before, None, current)

@@ -1,0 +1,138 @@
+"""What this host's onnxruntime really reaches: GEMM throughput (fp32 and dynamic int8) and memory bandwidth.
+
+Measured once per host, onnxruntime version and thread count with small synthetic graphs
+(the same kernels models use: MatMul, and MatMulIntegerToFloat after dynamic
+quantization), then cached as JSON, because datasheet peaks say little about one VM's
+clocks and a profile's figures must be comparable with what the host measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeprune import runtime
+from edgeprune.files import atomic_write_json
+from edgeprune.quiet import quiet
+
+GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768))
+"""(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, plus a tiny one."""
+STREAM_BYTES = 64 * 2**20
+"""Per tensor in the bandwidth probe: well beyond any cache here."""
+
+
+@dataclass(frozen=True)
+class GemmRate:
+    m: int
+    k: int
+    n: int
+    fp32_gflops: float
+    int8_gops: float
+
+
+@dataclass(frozen=True)
+class HostRates:
+    """Rates at one thread count, keyed like the cache file."""
+
+    threads: int
+    gemm: list[GemmRate]
+    bandwidth_gbs: float
+    """Sustained bytes moved per second by an element-wise Add (two reads, one write)."""
+    call_overhead_us: float
+    """Time of one run of a one-node graph on a scalar: onnxruntime's fixed cost per run."""
+
+    def gemm_rate(self, work: float, int8: bool) -> float:
+        """Throughput (operations/s) expected for a GEMM of ``work`` operations: log-linear in size between probes."""
+        points = sorted((2.0 * g.m * g.k * g.n, (g.int8_gops if int8 else g.fp32_gflops) * 1e9) for g in self.gemm)
+        sizes = np.log([p[0] for p in points])
+        rates = [p[1] for p in points]
+        return float(np.interp(np.log(max(work, 1.0)), sizes, rates))
+
+
+def host_rates(threads: int, cache_dir: Path | None = None, refresh: bool = False) -> HostRates:
+    """This host's rates at ``threads``, measured now or read from the cache."""
+    path = _cache_path(threads, cache_dir)
+    if path.is_file() and not refresh:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return HostRates(threads=data["threads"], gemm=[GemmRate(**g) for g in data["gemm"]],
+                         bandwidth_gbs=data["bandwidth_gbs"], call_overhead_us=data["call_overhead_us"])
+    rates = measure_rates(threads)
+    atomic_write_json(path, asdict(rates))
+    return rates
+
+
+def measure_rates(threads: int) -> HostRates:
+    with tempfile.TemporaryDirectory(prefix="edgeprune-rates-") as tmp:
+        work = Path(tmp)
+        gemm = []
+        for m, k, n in GEMM_SHAPES:
+            fp32 = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
+            int8 = _dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx")
+            flops = 2.0 * m * k * n
+            gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _seconds(fp32, threads) / 1e9,
+                                 int8_gops=flops / _seconds(int8, threads) / 1e9))
+        elements = STREAM_BYTES // 4
+        add = _add_graph(work / "add.onnx", elements)
+        bandwidth = 3 * STREAM_BYTES / _seconds(add, threads, repeats=10) / 1e9
+        overhead = _seconds(_add_graph(work / "scalar.onnx", 1), threads, repeats=2000) * 1e6
+    return HostRates(threads=threads, gemm=gemm, bandwidth_gbs=bandwidth, call_overhead_us=overhead)
+
+
+def _seconds(path: Path, threads: int, repeats: int = 30) -> float:
+    """Median seconds per run after warm-up."""
+    sess = runtime.session(path, threads=threads)
+    feed = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
+            .astype(np.float32) for i in sess.get_inputs()}
+    for _ in range(5):
+        sess.run(None, feed)
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        samples.append(time.perf_counter() - start)
+    return float(np.median(samples))
+
+
+def _matmul_graph(path: Path, m: int, k: int, n: int) -> Path:
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) * 0.05, "W")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _add_graph(path: Path, elements: int) -> Path:
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "stream",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [elements]),
+                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [elements])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _dynamic_int8(src: Path, dst: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet():
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
+    return dst
+
+
+def _cache_path(threads: int, cache_dir: Path | None) -> Path:
+    from edgeprune.provenance import host_fingerprint
+
+    base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
+    fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
+    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    return Path(base) / f"host-rates-{digest}-{threads}t.json"

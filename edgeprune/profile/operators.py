@@ -1,0 +1,161 @@
+"""Per-operator time, work and traffic of an ONNX model on this host, from onnxruntime's profiler.
+
+onnxruntime runs an optimized (fused, pre-packed) graph, so the profile's node names are
+those of that graph: it is saved next to the profile and read back for the weights' shapes.
+Work is counted from the shapes the profiler recorded at run time; traffic is every
+activation read and written plus every weight read once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+from edgeprune import runtime
+
+GEMM_FP32 = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "FusedConv", "ConvTranspose",
+                       "Attention", "MultiHeadAttention", "NhwcFusedConv"})
+GEMM_INT8 = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
+                       "ConvInteger", "QLinearConv", "QAttention", "QGemm", "NhwcQLinearConv"})
+TINY_BYTES = 4096
+"""Nodes moving less than this are bookkeeping (shapes, scalars): their time is pure overhead."""
+ITEMSIZE = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1,
+            "int16": 2, "uint16": 2}
+
+
+@dataclass(frozen=True)
+class OpTiming:
+    """One node of the optimized graph: its class, work (FLOP or int8 ops), traffic (bytes) and time."""
+
+    name: str
+    op_type: str
+    op_class: str
+    """``gemm_fp32``, ``gemm_int8``, ``memory`` (element-wise, normalization, data movement) or ``tiny``."""
+    work: float
+    traffic: float
+    ms: float
+    """Median kernel time over the timed runs."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class OperatorProfile:
+    ops: list[OpTiming]
+    wall_ms: float
+    """Median end-to-end run time under the profiler; minus the kernels' sum, the framework's own time."""
+    threads: int
+    batch: int
+    seq_len: int
+
+    @property
+    def kernel_ms(self) -> float:
+        return sum(op.ms for op in self.ops)
+
+    def by_class(self) -> dict[str, dict[str, float]]:
+        totals: dict[str, dict[str, float]] = defaultdict(lambda: {"ms": 0.0, "work": 0.0, "traffic": 0.0,
+                                                                    "nodes": 0})
+        for op in self.ops:
+            total = totals[op.op_class]
+            total["ms"] += op.ms
+            total["work"] += op.work
+            total["traffic"] += op.traffic
+            total["nodes"] += 1
+        return dict(totals)
+
+
+def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, seq_len: int = 128, runs: int = 20,
+                      warmup: int = 5) -> OperatorProfile:
+    """Run ``onnx_path`` under onnxruntime's profiler and cost every node of the graph it executed."""
+    onnx_path = Path(onnx_path)
+    runtime.session(onnx_path)  # a clear error for a missing or corrupt file
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ops-") as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        sess = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        inputs = runtime.synthetic_feed(sess, batch, seq_len)
+        for _ in range(warmup + runs):
+            sess.run(None, inputs)
+        events = json.loads(Path(sess.end_profiling()).read_text(encoding="utf-8"))
+        graph = onnx.load(str(Path(tmp) / "optimized.onnx"), load_external_data=False).graph
+    weights = {init.name: (list(init.dims), _initializer_itemsize(init)) for init in graph.initializer}
+    nodes = {node.name: node for node in graph.node}
+    per_node: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    walls = []
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            per_node[event["name"].removesuffix("_kernel_time")].append(event)
+        elif event.get("cat") == "Session" and event["name"] == "SequentialExecutor::Execute":
+            walls.append(event["dur"] / 1e3)
+    ops = []
+    for name, records in per_node.items():
+        timed = records[warmup:] or records
+        args = timed[-1]["args"]
+        node = nodes.get(name)
+        work, traffic, op_class = cost(args["op_name"], args.get("input_type_shape", []),
+                                       args.get("output_type_shape", []), node, weights)
+        ops.append(OpTiming(name, args["op_name"], op_class, work, traffic,
+                            statistics.median(r["dur"] for r in timed) / 1e3))
+    return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
+                           batch=batch, seq_len=seq_len)
+
+
+def cost(op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[str, list[int]]],
+         node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> tuple[float, float, str]:
+    """(work, traffic in bytes, class) of one node from its run-time shapes and its weights."""
+    names = [n for n in node.input if n] if node is not None else []
+    weight_bytes = sum(math.prod(weights[n][0]) * weights[n][1] for n in names if n in weights)
+    activations = [(dtype, shape) for i, spec in enumerate(inputs) for dtype, shape in spec.items()
+                   if i >= len(names) or names[i] not in weights]
+    outs = [(dtype, shape) for spec in outputs for dtype, shape in spec.items()]
+    traffic = float(weight_bytes + sum(math.prod(s) * ITEMSIZE.get(d, 4) for d, s in activations + outs))
+    out_elements = sum(math.prod(s) for _, s in outs[:1])
+    if op_type in GEMM_FP32 or op_type in GEMM_INT8:
+        op_class = "gemm_int8" if op_type in GEMM_INT8 else "gemm_fp32"
+        if "Attention" in op_type:
+            return _attention_work(inputs, names, weights), traffic, op_class
+        return 2.0 * out_elements * _reduction(op_type, inputs, names, weights), traffic, op_class
+    return float(out_elements), traffic, "tiny" if traffic < TINY_BYTES else "memory"
+
+
+def _attention_work(inputs: list[dict[str, list[int]]], names: list[str],
+                    weights: dict[str, tuple[list[int], int]]) -> float:
+    """Fused attention: the Q/K/V projection (input × [H, 3H]) plus scores and context (4·B·S²·H)."""
+    batch, seq, hidden = (_shape(inputs, 0) + [1, 1, 1])[:3]
+    qkv = next((weights[n][0] for n in names[1:2] if n in weights), [hidden, 3 * hidden])
+    return 2.0 * batch * seq * hidden * qkv[-1] + 4.0 * batch * seq * seq * qkv[-1] / 3
+
+
+def _reduction(op_type: str, inputs: list[dict[str, list[int]]], names: list[str],
+               weights: dict[str, tuple[list[int], int]]) -> int:
+    """How many products each output element sums (K of a GEMM, Cin/groups·kh·kw of a convolution)."""
+    if "Conv" in op_type:
+        weight = next((weights[n][0] for n in names[1:] if n in weights and len(weights[n][0]) >= 3), None)
+        return math.prod(weight[1:]) if weight else 1
+    first = _shape(inputs, 0)
+    return first[-1] if first else 1
+
+
+def _shape(inputs: list[dict[str, list[int]]], index: int) -> list[int]:
+    if index >= len(inputs):
+        return []
+    return next(iter(inputs[index].values()), [])
+
+
+def _initializer_itemsize(init: onnx.TensorProto) -> int:
+    return onnx.helper.tensor_dtype_to_np_dtype(init.data_type).itemsize
