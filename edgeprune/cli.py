@@ -360,6 +360,39 @@ def _quantities(data: Any) -> list[str]:
     return []
 
 
+@app.command("calibrate")
+@handled
+def calibrate_command(
+    profile: Annotated[str, typer.Argument(help="Device profile name or YAML file to calibrate.")],
+    measure: Annotated[list[str], typer.Option(
+        help="MODEL.onnx=LATENCY_MS measured on the device (or =FILE with onnxruntime_perf_test output); repeat.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Calibrated profile YAML (a new file).")],
+    threads: ThreadsOpt = None,
+) -> None:
+    """Fit a profile's predictions to latencies measured on the device; write the calibrated profile."""
+    from edgeprune.errors import OutputError
+    from edgeprune.files import atomic_write_text
+    from edgeprune.profile.calibrate import calibrate, read_latency
+    from edgeprune.profile.devices import load_profile, profile_dir
+
+    device = load_profile(profile)
+    source = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else profile_dir() / f"{profile}.yaml"
+    if out_file.resolve() == source.resolve():
+        raise OutputError(f"--out '{out_file}' is the input profile", "write the calibrated profile to a new file")
+    measurements = {}
+    for item in measure:
+        model, sep, value = item.partition("=")
+        if not sep:
+            raise OutputError(f"--measure '{item}' is not MODEL.onnx=LATENCY_MS", "write it as model.onnx=12.5")
+        measurements[Path(model)] = read_latency(value)
+    with _progress() as stage, stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
+        calibrated = calibrate(device, measurements, threads=threads)
+    atomic_write_text(out_file, calibrated.to_yaml())
+    c = calibrated.calibration
+    out.print(f"{out_file}: latency factor {c.latency_factor.value:.3f}, band ±{c.band.value:.0%} "
+              f"from {len(c.anchors)} anchor(s)", highlight=False)
+
+
 def _print_verdicts(lines: list[Any]) -> None:
     table = Table(title="budget check")
     for column in ("profile", "metric", "value", "band", "budget", "margin", "verdict"):

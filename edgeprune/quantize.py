@@ -85,7 +85,7 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     with staged_dir(out_dir, inputs=[onnx_path.parent]) as tmp:
         work = tmp / "candidates"
         work.mkdir()
-        candidates = {"fp32": onnx_path, "int8": _dynamic_int8(onnx_path, work / "int8.onnx", scheme)}
+        candidates = {"fp32": onnx_path, "int8": dynamic_int8(onnx_path, work / "int8.onnx", scheme)}
         notes = []
         fused = _fuse_transformer(onnx_path, work / "fused.onnx")
         if fused is None:
@@ -93,7 +93,7 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         elif (diff := _max_abs_diff(onnx_path, fused)) > FUSION_ATOL:
             notes.append(f"fused graph rejected: differs from the export by {diff:.2g}")
         else:
-            candidates["int8-fused"] = _dynamic_int8(fused, work / "int8-fused.onnx", scheme)
+            candidates["int8-fused"] = dynamic_int8(fused, work / "int8-fused.onnx", scheme)
         stats = compare_latency(list(candidates.values()), threads=1, rounds=rounds, runs=runs, seq_len=seq_len)
         p50 = {name: s.p50 for name, s in zip(candidates, stats)}
         chosen = min(p50, key=p50.get)
@@ -107,7 +107,8 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
                           p50_ms=p50, notes=notes)
 
 
-def _dynamic_int8(src: Path, dst: Path, scheme: Int8Scheme) -> Path:
+def dynamic_int8(src: Path, dst: Path, scheme: Int8Scheme) -> Path:
+    """onnxruntime's dynamic int8 of every MatMul/Gemm weight in ``src``, in ``scheme``'s flavour."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     weight_type = QuantType.QInt8 if scheme.weight_type == "int8" else QuantType.QUInt8

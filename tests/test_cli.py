@@ -177,3 +177,22 @@ def test_check_on_another_device_reports_a_predicted_band(tiny_onnx, tmp_path, m
     assert 'failures="0"' in (tmp_path / "v.xml").read_text()
     shown = runner.invoke(app, ["profile", str(tiny_onnx), "--profile", "rpi4", "--runs", "5", "--seq-len", "16"])
     assert shown.exit_code == 0 and "predicted" in shown.stdout, shown.output
+
+
+def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path, monkeypatch) -> None:
+    from edgeprune.profile.devices import parse_profile, profile_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    source = tmp_path / "rpi5.yaml"
+    source.write_text((profile_dir() / "rpi5.yaml").read_text())
+    before = source.read_text()
+    out = tmp_path / "rpi5-calibrated.yaml"
+    result = runner.invoke(app, ["calibrate", str(source), "--measure", f"{tiny_onnx}=7.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    calibrated = parse_profile(out)
+    assert calibrated.calibration.latency_factor.value > 0 and calibrated.calibration.band.value >= 0.10
+    assert calibrated.calibration.anchors[0].latency.value == 7.5 and source.read_text() == before
+    same = runner.invoke(app, ["calibrate", str(source), "--measure", f"{tiny_onnx}=7.5", "--out", str(source)])
+    assert "is the input profile" in _one_clear_error(same) and source.read_text() == before
+    bad = runner.invoke(app, ["calibrate", "rpi5", "--measure", f"{tiny_onnx}", "--out", str(tmp_path / "x.yaml")])
+    assert "is not MODEL.onnx=LATENCY_MS" in _one_clear_error(bad)

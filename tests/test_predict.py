@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from edgeprune.profile.characterize import GemmRate, HostRates
@@ -68,3 +71,63 @@ def test_slower_devices_predict_slower() -> None:
     four = predict_latency(_ops(), rpi5, threads=4, host=host, rates=_rates).per_class_ms
     one = predict_latency(_ops(), rpi5, threads=1, host=host, rates=_rates).per_class_ms
     assert four["gemm_fp32"] < one["gemm_fp32"] and four["tiny"] == one["tiny"]
+
+
+def test_swapping_precision_retimes_only_weight_gemms() -> None:
+    from edgeprune.profile.predict import swap_precision
+
+    ops = _ops()
+    attention = OpTiming("scores", "MatMul", "gemm_fp32", 2.0 * 128 * 384 * 1536, 1e6, ms=0.5)  # no weights
+    ops = OperatorProfile(ops=[*ops.ops[:1], attention, *ops.ops[2:]], wall_ms=ops.wall_ms, threads=1, batch=1,
+                          seq_len=128)
+    ffn = replace(ops.ops[0], weight_bytes=4 * 384 * 1536)
+    ops = replace(ops, ops=[ffn, *ops.ops[1:]])
+    int8 = swap_precision(ops, to_int8=True, rates=_rates)
+    assert int8.ops[0].op_class == "gemm_int8" and int8.ops[0].ms == pytest.approx(ffn.ms / 3)
+    assert int8.ops[1] == attention and int8.ops[2:] == ops.ops[2:]
+    back = swap_precision(int8, to_int8=False, rates=_rates)
+    assert back.ops[0].ms == pytest.approx(ffn.ms) and back.wall_ms == pytest.approx(ops.wall_ms)
+
+
+def _calibrated(measured_over_predicted: list[float]):
+    from edgeprune.profile.calibrate import calibrate
+
+    rpi5 = load_profile("rpi5")
+    predicted = {Path(f"m{i}.onnx"): 10.0 * (i + 1) for i in range(len(measured_over_predicted))}
+    measurements = {path: ms * ratio for (path, ms), ratio in zip(predicted.items(), measured_over_predicted)}
+    return rpi5, calibrate(rpi5, measurements, predict=lambda path, _device, _threads: predicted[path])
+
+
+def test_calibrating_with_the_prediction_itself_changes_no_prediction() -> None:
+    rpi5, calibrated = _calibrated([1.0])
+    host = detect_host()
+    before = predict_latency(_ops(), rpi5, host=host, rates=_rates)
+    after = predict_latency(_ops(), calibrated, host=host, rates=_rates)
+    assert calibrated.calibration.latency_factor.value == 1.0
+    assert after.latency_ms == pytest.approx(before.latency_ms)
+    assert after.band == 0.10 < before.band  # measured on the device: the band narrows
+    assert calibrated.cpu == rpi5.cpu and calibrated.memory == rpi5.memory
+    assert [a.latency.value for a in calibrated.calibration.anchors] == [10.0]
+
+
+def test_calibration_scales_predictions_and_keeps_the_anchors_spread() -> None:
+    rpi5, calibrated = _calibrated([1.5, 1.5 * 1.2])
+    factor = calibrated.calibration.latency_factor.value
+    assert factor == pytest.approx(1.5 * 1.2 ** 0.5, rel=1e-3)
+    assert calibrated.calibration.band.value == pytest.approx(2 * (1.2 ** 0.5 - 1), rel=1e-3)
+    host = detect_host()
+    ratio = (predict_latency(_ops(), calibrated, host=host, rates=_rates).latency_ms
+             / predict_latency(_ops(), rpi5, host=host, rates=_rates).latency_ms)
+    assert ratio == pytest.approx(factor, rel=1e-3)
+
+
+def test_perf_test_output_and_bad_latencies(tmp_path) -> None:
+    from edgeprune.errors import ProfileError
+    from edgeprune.profile.calibrate import read_latency
+
+    output = tmp_path / "perf.txt"
+    output.write_text("Session creation time cost: 0.2 s\nAverage inference time cost: 23.417 ms\n")
+    assert read_latency(str(output)) == 23.417 and read_latency("12.5") == 12.5
+    for bad, cause in (("-3", "not positive"), (str(tmp_path / "missing.txt"), "neither a latency")):
+        with pytest.raises(ProfileError, match=cause):
+            read_latency(bad)

@@ -23,7 +23,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune import runtime
 from edgeprune.files import atomic_write_json
-from edgeprune.quiet import quiet
 
 GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768))
 """(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, plus a tiny one."""
@@ -72,12 +71,16 @@ def host_rates(threads: int, cache_dir: Path | None = None, refresh: bool = Fals
 
 
 def measure_rates(threads: int) -> HostRates:
+    from edgeprune.profile.devices import detect_host
+    from edgeprune.quantize import dynamic_int8, int8_scheme  # quantize imports this package
+
+    scheme = int8_scheme(detect_host())
     with tempfile.TemporaryDirectory(prefix="edgeprune-rates-") as tmp:
         work = Path(tmp)
         gemm = []
         for m, k, n in GEMM_SHAPES:
             fp32 = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
-            int8 = _dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx")
+            int8 = dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx", scheme)
             flops = 2.0 * m * k * n
             gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _seconds(fp32, threads) / 1e9,
                                  int8_gops=flops / _seconds(int8, threads) / 1e9))
@@ -119,14 +122,6 @@ def _add_graph(path: Path, elements: int) -> Path:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
-
-
-def _dynamic_int8(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with quiet():
-        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, per_channel=True)
-    return dst
 
 
 def _cache_path(threads: int, cache_dir: Path | None) -> Path:

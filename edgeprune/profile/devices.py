@@ -145,11 +145,12 @@ class Anchor(_Strict):
 class Calibration(_Strict):
     """How the device's peak figures translate into onnxruntime speed (fitted or assumed)."""
 
-    efficiency: dict[str, Ratio] = Field(default_factory=dict)
-    """Fraction of peak reached per operator class (e.g. gemm_fp32, gemm_int8, memory)."""
-    op_overhead: Duration | None = None
     thread_scaling: Ratio | None = None
     """Parallel efficiency of each added thread (1 = perfect scaling)."""
+    latency_factor: Ratio | None = None
+    """Measured over predicted latency across the anchors; predictions are multiplied by it."""
+    band: Ratio | None = None
+    """Relative error band of calibrated predictions (from the anchors' residuals)."""
     anchors: list[Anchor] = Field(default_factory=list)
 
 

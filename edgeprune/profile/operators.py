@@ -44,6 +44,8 @@ class OpTiming:
     traffic: float
     ms: float
     """Median kernel time over the timed runs."""
+    weight_bytes: float = 0.0
+    """Bytes of constant inputs (weights): a GEMM with weights is one dynamic quantization turns to int8."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,16 +112,22 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
         work, traffic, op_class = cost(args["op_name"], args.get("input_type_shape", []),
                                        args.get("output_type_shape", []), node, weights)
         ops.append(OpTiming(name, args["op_name"], op_class, work, traffic,
-                            statistics.median(r["dur"] for r in timed) / 1e3))
+                            statistics.median(r["dur"] for r in timed) / 1e3, _weight_bytes(node, weights)))
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
                            batch=batch, seq_len=seq_len)
+
+
+def _weight_bytes(node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> float:
+    if node is None:
+        return 0.0
+    return float(sum(math.prod(weights[n][0]) * weights[n][1] for n in node.input if n in weights))
 
 
 def cost(op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[str, list[int]]],
          node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> tuple[float, float, str]:
     """(work, traffic in bytes, class) of one node from its run-time shapes and its weights."""
     names = [n for n in node.input if n] if node is not None else []
-    weight_bytes = sum(math.prod(weights[n][0]) * weights[n][1] for n in names if n in weights)
+    weight_bytes = _weight_bytes(node, weights)
     activations = [(dtype, shape) for i, spec in enumerate(inputs) for dtype, shape in spec.items()
                    if i >= len(names) or names[i] not in weights]
     outs = [(dtype, shape) for spec in outputs for dtype, shape in spec.items()]

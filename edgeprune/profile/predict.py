@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgeprune.profile.characterize import HostRates, host_rates
 from edgeprune.profile.devices import Cluster, DeviceProfile, Quantity, detect_host
@@ -77,12 +77,16 @@ def predict_latency(ops: OperatorProfile, device: DeviceProfile, *, threads: int
     for op in ops.ops:
         per_class[op.op_class] += op.ms * scale.node(op)
     per_class["runtime"] = max(ops.wall_ms - ops.kernel_ms, 0.0) * scale.clock
+    factor = 1.0 if measured_ms is None else measured_ms / ops.wall_ms
+    calibration = device.calibration
+    if not device.is_host and calibration.latency_factor is not None:
+        factor *= calibration.latency_factor.value
+    per_class = {k: v * factor for k, v in per_class.items()}
     total = sum(per_class.values())
-    if measured_ms is not None:
-        factor = measured_ms / ops.wall_ms
-        per_class = {k: v * factor for k, v in per_class.items()}
-        total *= factor
     band, basis = _band(device, threads, ops.threads, host, scale.soft_figures)
+    if not device.is_host and calibration.band is not None:
+        band = calibration.band.value
+        basis = [f"calibrated on {len(calibration.anchors)} on-device measurement(s): ±{band:.0%}"]
     return Prediction(device=device.name, threads=threads, latency_ms=total, band=band, basis=basis,
                       per_class_ms=dict(per_class))
 
@@ -165,3 +169,28 @@ def _band(device: DeviceProfile, threads: int, source_threads: int, host: Device
     if soft:
         basis.append(f"not measured: {', '.join(soft)} (+{BAND_PER_SOFT_FIGURE:.0%} each)")
     return min(base + BAND_PER_SOFT_FIGURE * len(soft), MAX_BAND), basis
+
+
+def swap_precision(ops: OperatorProfile, to_int8: bool, rates: Rates = host_rates) -> OperatorProfile:
+    """The profile the same model would have with its weight GEMMs in int8 (dynamic quantization) or back in fp32.
+
+    Each GEMM that has weights is re-timed by the ratio of this host's measured fp32 and
+    int8 GEMM rates at its size (the int8 probe includes quantizing its input, as
+    DynamicQuantizeMatMul does); going back to fp32 drops the graph's standalone
+    DynamicQuantizeLinear nodes. Element-wise nodes are kept as they are.
+    """
+    source = rates(ops.threads)
+    moved = []
+    for op in ops.ops:
+        if to_int8 and op.op_class == "gemm_fp32" and op.weight_bytes > 0:
+            ratio = source.gemm_rate(op.work, False) / source.gemm_rate(op.work, True)
+            moved.append(replace(op, op_class="gemm_int8", ms=op.ms * ratio, weight_bytes=op.weight_bytes / 4))
+        elif not to_int8 and op.op_class == "gemm_int8":
+            ratio = source.gemm_rate(op.work, True) / source.gemm_rate(op.work, False)
+            moved.append(replace(op, op_class="gemm_fp32", ms=op.ms * ratio, weight_bytes=op.weight_bytes * 4))
+        elif not to_int8 and op.op_type == "DynamicQuantizeLinear":
+            continue
+        else:
+            moved.append(op)
+    runtime_ms = ops.wall_ms - ops.kernel_ms
+    return replace(ops, ops=moved, wall_ms=sum(op.ms for op in moved) + runtime_ms)

@@ -101,13 +101,13 @@ def least_squares(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, ba
     one real forward, with the hidden states swapped in), so the whole fit costs about one
     dense and three pruned forward passes instead of one per projection.
     """
+    if len(batches) < 2:
+        raise PlanError("least-squares recovery needs at least 2 calibration batches (one is held aside)",
+                        "pass more calibration text (32 texts or more)")
     dense_layers, pruned_layers = adapter.layers(dense), adapter.layers(pruned)
     dense_calls = [_block_call(dense, dense_layers[0].block, batch) for batch in batches]
     pruned_calls = [_block_call(pruned, pruned_layers[0].block, batch) for batch in batches]
     tokens = [batch["attention_mask"].bool() for batch in batches]
-    if len(batches) < 2:
-        raise PlanError("least-squares recovery needs at least 2 calibration batches (one is held aside)",
-                        "pass more calibration text (32 texts or more)")
     held = [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 or (len(batches) < HOLDOUT_EVERY and i == len(batches) - 1)
             for i in range(len(batches))]
     fits = []

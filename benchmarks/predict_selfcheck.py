@@ -1,0 +1,159 @@
+"""How well the cost model predicts this host: 1 thread from 2, 2 from 1, int8 from fp32, fp32 from int8.
+
+Builds a zoo of ONNX models (all-MiniLM-L6-v2 dense and pruned; a BERT-base-size and a
+MobileBERT-size encoder and a ViT built from transformers configs; a small ResNet-style CNN
+and a depthwise MobileNet-style CNN; each fp32 and dynamic int8), measures every one at 1
+and 2 threads (batch 1, seq 128 or 224×224), profiles its operators, and predicts each
+measured figure from the others through the cost model alone. Prints prediction vs
+measurement per model, the share within ±10% and ±20% (target: ≥90% within ±10%), and the
+Spearman rank correlation of predicted vs measured latency next to a FLOPs-only baseline
+(target ≥0.95).
+
+    python benchmarks/predict_selfcheck.py
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgeprune import evaluate
+from edgeprune.export import export
+from edgeprune.models import adapter_for
+from edgeprune.models.loading import LoadedModel, load_model
+from edgeprune.profile import compare_latency
+from edgeprune.profile.devices import detect_host
+from edgeprune.profile.operators import OperatorProfile, profile_operators
+from edgeprune.profile.predict import predict_latency, swap_precision
+from edgeprune.prune import apply_plan, make_plan
+from edgeprune.quantize import dynamic_int8, int8_scheme
+
+
+def text_encoders(work: Path) -> dict[str, Path]:
+    from transformers import BertConfig, BertModel, MobileBertConfig, MobileBertModel
+
+    dense = load_model(None)
+    plan = make_plan(dense.model, keep_flops=0.6)
+    pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
+    torch.manual_seed(0)
+    built = {
+        "minilm": dense,
+        "minilm-pruned": LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan),
+        "bert-base": LoadedModel(BertModel(BertConfig()).eval(), dense.tokenizer, dense.path, dense.task, "mean"),
+        "mobilebert": LoadedModel(MobileBertModel(MobileBertConfig()).eval(), dense.tokenizer, dense.path,
+                                  dense.task, "mean"),
+    }
+    return {name: export(model, work / name, atol=1e-2).onnx_path for name, model in built.items()}
+
+
+class SmallResNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.blocks = nn.ModuleList([self._block(32), self._block(32)])
+        self.down = nn.Sequential(nn.Conv2d(32, 64, 3, 2, 1), nn.BatchNorm2d(64), nn.ReLU())
+        self.head = nn.Linear(64, 1000)
+
+    @staticmethod
+    def _block(c: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c, 3, 1, 1),
+                             nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(x + block(x))
+        return self.head(self.down(x).mean(dim=(2, 3)))
+
+
+class MobileNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layers, c = [nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU6()], 16
+        for out, stride in ((24, 2), (32, 2), (64, 2), (96, 1), (160, 2)):
+            layers += [nn.Conv2d(c, c * 4, 1), nn.ReLU6(), nn.Conv2d(c * 4, c * 4, 3, stride, 1, groups=c * 4),
+                       nn.ReLU6(), nn.Conv2d(c * 4, out, 1)]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, 1000)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+def image_models(work: Path) -> dict[str, Path]:
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    vit = ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
+                   add_pooling_layer=False).eval()
+    paths = {}
+    for name, model in (("vit-small", vit), ("resnet-small", SmallResNet().eval()),
+                        ("mobilenet-ish", MobileNetish().eval())):
+        path = work / f"{name}.onnx"
+        with torch.no_grad():
+            torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), input_names=["pixel_values"],
+                              output_names=["out"], opset_version=17, dynamo=False)
+        paths[name] = path
+    return paths
+
+
+def within(predicted: float, measured: float, tolerance: float) -> bool:
+    return abs(predicted / measured - 1) <= tolerance
+
+
+def main() -> None:
+    started = time.perf_counter()
+    host = detect_host()
+    scheme = int8_scheme(host)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fp32 = {**text_encoders(work), **image_models(work)}
+        zoo = {}
+        for name, path in fp32.items():
+            zoo[f"{name} fp32"] = path
+            zoo[f"{name} int8"] = dynamic_int8(path, work / f"{name}-int8.onnx", scheme)
+        names = list(zoo)
+        measured = {t: dict(zip(names, (s.p50 for s in compare_latency(list(zoo.values()), threads=t, rounds=3,
+                                                                        runs=20))))
+                    for t in (1, 2)}
+        ops: dict[tuple[str, int], OperatorProfile] = {
+            (name, t): profile_operators(path, threads=t, runs=10) for name, path in zoo.items() for t in (1, 2)}
+
+    rows = []
+    for name in names:
+        for src, dst in ((2, 1), (1, 2)):
+            p = predict_latency(ops[name, src], host, threads=dst, host=host, measured_ms=measured[src][name])
+            rows.append((name, f"{src}T → {dst}T", p.latency_ms, measured[dst][name]))
+        base, precision = name.rsplit(" ", 1)
+        other = f"{base} {'int8' if precision == 'fp32' else 'fp32'}"
+        swapped = swap_precision(ops[name, 1], to_int8=precision == "fp32")
+        p = predict_latency(swapped, host, threads=1, host=host, measured_ms=measured[1][name] * swapped.wall_ms
+                            / ops[name, 1].wall_ms)
+        rows.append((other, f"{precision} → {other.rsplit(' ', 1)[1]}", p.latency_ms, measured[1][other]))
+
+    print(f"{'model':<22}{'prediction':<16}{'predicted ms':>13}{'measured ms':>12}{'error':>8}")
+    for model, how, predicted, actual in rows:
+        print(f"{model:<22}{how:<16}{predicted:>13.2f}{actual:>12.2f}{predicted / actual - 1:>+8.1%}")
+    for tolerance in (0.10, 0.20):
+        share = np.mean([within(p, m, tolerance) for _, _, p, m in rows])
+        print(f"within ±{tolerance:.0%}: {share:.0%} of {len(rows)} predictions")
+    # Rank quality at 1 thread: the cost model (from the 2-thread profile) vs FLOPs alone.
+    predicted_1t = [predict_latency(ops[n, 2], host, threads=1, host=host, measured_ms=measured[2][n]).latency_ms
+                    for n in names]
+    flops = [sum(op.work for op in ops[n, 1].ops if op.op_class.startswith("gemm")) for n in names]
+    actual_1t = [measured[1][n] for n in names]
+    print(f"Spearman vs measured 1-thread latency over {len(names)} models: cost model "
+          f"{evaluate.spearman(np.array(predicted_1t), np.array(actual_1t)):.3f}, FLOPs only "
+          f"{evaluate.spearman(np.array(flops), np.array(actual_1t)):.3f}")
+    print(f"wall time {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
