@@ -29,6 +29,7 @@ from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model
 from edgeprune.profile import compare_latency
 from edgeprune.profile.devices import detect_host
+from edgeprune.profile.memory import measure_peak_memory
 from edgeprune.profile.operators import OperatorProfile, profile_operators
 from edgeprune.profile.predict import predict_latency, swap_precision
 from edgeprune.prune import apply_plan, make_plan
@@ -125,6 +126,7 @@ def main() -> None:
                     for t in (1, 2)}
         ops: dict[tuple[str, int], OperatorProfile] = {
             (name, t): profile_operators(path, threads=t, runs=10) for name, path in zoo.items() for t in (1, 2)}
+        peaks = {name: measure_peak_memory(path, threads=1).peak_over_baseline_mb for name, path in zoo.items()}
 
     rows = []
     for name in names:
@@ -152,7 +154,26 @@ def main() -> None:
     print(f"Spearman vs measured 1-thread latency over {len(names)} models: cost model "
           f"{evaluate.spearman(np.array(predicted_1t), np.array(actual_1t)):.3f}, FLOPs only "
           f"{evaluate.spearman(np.array(flops), np.array(actual_1t)):.3f}")
+    memory_check(names, ops, peaks)
     print(f"wall time {(time.perf_counter() - started) / 60:.1f} min")
+
+
+def memory_check(names: list[str], ops: dict[tuple[str, int], OperatorProfile], peaks: dict[str, float]) -> None:
+    """Peak memory ≈ a·weights + b·peak live activations + c, fitted leave-one-out over the zoo."""
+    mib = 2.0**20
+    x = np.array([[ops[n, 1].weight_bytes / mib, ops[n, 1].peak_activation_bytes / mib, 1.0] for n in names])
+    y = np.array([peaks[n] for n in names])
+    print(f"{'model':<22}{'weights MiB':>12}{'live act MiB':>13}{'predicted MiB':>14}{'measured MiB':>13}{'error':>8}")
+    hits = []
+    for i, name in enumerate(names):
+        rest = np.arange(len(names)) != i
+        coef, *_ = np.linalg.lstsq(x[rest], y[rest], rcond=None)
+        predicted = float(x[i] @ coef)
+        hits.append(within(predicted, y[i], 0.15))
+        print(f"{name:<22}{x[i, 0]:>12.1f}{x[i, 1]:>13.2f}{predicted:>14.1f}{y[i]:>13.1f}{predicted / y[i] - 1:>+8.1%}")
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    print(f"memory within ±15% (leave-one-out): {np.mean(hits):.0%}; fit on all: {coef[0]:.2f}·weights + "
+          f"{coef[1]:.2f}·activations + {coef[2]:.1f} MiB")
 
 
 if __name__ == "__main__":

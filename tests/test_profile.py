@@ -130,3 +130,7 @@ def test_operator_profile_counts_the_encoder_work(tiny_onnx) -> None:
     assert all(op.ms >= 0 for op in ops.ops) and 0 < ops.kernel_ms <= ops.wall_ms * 1.5
     assert classes["memory"]["traffic"] > 0 and {op.op_class for op in ops.ops} <= {
         "gemm_fp32", "gemm_int8", "memory", "tiny"}
+    assert 0.8 < ops.weight_bytes / tiny_onnx.stat().st_size < 1.05  # the file is almost all weights
+    # at seq 16 the largest live set is a few [1, 16, 96] FFN and [1, 6, 16, 16] score tensors, far below the total
+    total_outputs = sum(op.traffic for op in ops.ops)
+    assert 4 * 16 * 96 <= ops.peak_activation_bytes < total_outputs / 4

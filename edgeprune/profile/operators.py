@@ -59,6 +59,10 @@ class OperatorProfile:
     threads: int
     batch: int
     seq_len: int
+    weight_bytes: float = 0.0
+    """All constant tensors of the optimized graph."""
+    peak_activation_bytes: float = 0.0
+    """Most bytes of intermediate tensors alive at once, in execution order (each freed after its last reader)."""
 
     @property
     def kernel_ms(self) -> float:
@@ -113,8 +117,36 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
                                        args.get("output_type_shape", []), node, weights)
         ops.append(OpTiming(name, args["op_name"], op_class, work, traffic,
                             statistics.median(r["dur"] for r in timed) / 1e3, _weight_bytes(node, weights)))
+    output_bytes = {name: [math.prod(shape) * ITEMSIZE.get(dtype, 4) for spec in records[-1]["args"].get(
+        "output_type_shape", []) for dtype, shape in spec.items()] for name, records in per_node.items()}
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
-                           batch=batch, seq_len=seq_len)
+                           batch=batch, seq_len=seq_len,
+                           weight_bytes=float(sum(math.prod(d) * size for d, size in weights.values())),
+                           peak_activation_bytes=_peak_live_bytes(list(per_node), nodes, output_bytes, graph))
+
+
+def _peak_live_bytes(order: list[str], nodes: dict[str, onnx.NodeProto], output_bytes: dict[str, list[float]],
+                     graph: onnx.GraphProto) -> float:
+    """Walk the nodes in execution order: outputs become live, inputs die after their last reader."""
+    last_reader: dict[str, int] = {}
+    for index, name in enumerate(order):
+        for tensor in nodes[name].input if name in nodes else ():
+            last_reader[tensor] = index
+    kept = {out.name for out in graph.output}
+    sizes: dict[str, float] = {}
+    live = peak = 0.0
+    for index, name in enumerate(order):
+        node = nodes.get(name)
+        if node is None:
+            continue
+        for tensor, size in zip(node.output, output_bytes.get(name, [])):
+            sizes[tensor] = size
+            live += size
+        peak = max(peak, live)
+        for tensor in node.input:
+            if tensor in sizes and last_reader.get(tensor) == index and tensor not in kept:
+                live -= sizes.pop(tensor)
+    return peak
 
 
 def _weight_bytes(node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> float:
