@@ -7,7 +7,8 @@ level has the same shapes, hence the same latency). Quality is measured on the s
 ONNX model: STS-B dev Spearman, cosine fidelity to dense fp32 on the STS-B sentences, and AG
 News accuracy of a linear probe trained on dense fp32 embeddings (the same head, nothing
 retrained) and refit on the pruned model's embeddings. Calibration text (scoring, recovery,
-distillation) is 512 WikiText-2 sentences: disjoint from both evaluation sets.
+distillation) is 512 WikiText-2 sentences by default, or 512 AG News texts outside the probe's
+train and evaluation splits (``--calibration-source ag-news``): disjoint from both evaluation sets.
 
     python benchmarks/quality.py [--levels 1.5 2 2.5 3] [--json quality.json]
 """
@@ -141,6 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=float, nargs="+", default=[1.5, 2.0, 2.5, 3.0])
     parser.add_argument("--calibration-texts", type=int, default=512)
+    parser.add_argument("--calibration-source", choices=("wikitext", "ag-news"), default="wikitext",
+                        help="wikitext: general text; ag-news: unlabeled AG News texts outside the probe's splits")
     parser.add_argument("--distill-steps", type=int, default=DISTILL_STEPS)
     parser.add_argument("--ag-train", type=int, default=2000)
     parser.add_argument("--ag-eval", type=int, default=1000)
@@ -153,11 +156,15 @@ def main() -> None:
     started = time.perf_counter()
 
     dense = load_model(None)
-    batches = calibration_batches(dense.tokenizer, wiki_sentences(SHARED / "wikitext2" / "wiki.test.raw",
-                                                                  args.calibration_texts, args.seed))
     ag = evaluate.load_ag_news(SHARED / "ag_news" / "test.csv")
     order = np.random.default_rng(args.seed).permutation(len(ag.texts))
     train, held = order[:args.ag_train], order[args.ag_train:args.ag_train + args.ag_eval]
+    if args.calibration_source == "ag-news":
+        texts = [ag.texts[i] for i in order[-args.calibration_texts:]]  # neither probe training nor evaluation
+    else:
+        texts = wiki_sentences(SHARED / "wikitext2" / "wiki.test.raw", args.calibration_texts, args.seed)
+    batches = calibration_batches(dense.tokenizer, texts)
+    print(f"calibration: {len(texts)} {args.calibration_source} texts", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         evaluator = Evaluator(dense, work, evaluate.load_stsb(SHARED / "stsb" / "sts-dev.csv"), ag, train, held)

@@ -13,10 +13,11 @@ from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_
 from edgeprune.pipeline import OptimizeSettings, optimize
 from edgeprune.profile import DeviceProfile, Measurement, load_profile, profile
 from edgeprune.prune import PruningPlan, prune
+from edgeprune.prune.loaded import prune_loaded
 from edgeprune.quantize import quantize
 
 __version__ = "0.1.0"
 
 __all__ = ["Budget", "DeviceProfile", "EdgepruneError", "LoadedModel", "Measurement", "OptimizeSettings",
            "PruningPlan", "Verdict", "check", "export", "load_model", "load_profile", "load_pruned",
-           "optimize", "profile", "prune", "quantize", "save_pruned"]
+           "optimize", "profile", "prune", "prune_loaded", "quantize", "save_pruned"]

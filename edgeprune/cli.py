@@ -15,6 +15,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.prune.loaded import (
+    DEFAULT_ACCUMULATE,
+    DEFAULT_ALLOCATION,
+    DEFAULT_CRITERION,
+    DEFAULT_EMA_DECAY,
+    DEFAULT_RECOVERY,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, export, quantize and profile models for edge devices; check latency budgets.")
@@ -108,12 +115,12 @@ def optimize(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Criterion = "magnitude",
-    allocation: Allocation = "uniform",
-    accumulate: Accumulate = "sum",
-    ema_decay: EmaDecay = 0.9,
+    criterion: Criterion = DEFAULT_CRITERION,
+    allocation: Allocation = DEFAULT_ALLOCATION,
+    accumulate: Accumulate = DEFAULT_ACCUMULATE,
+    ema_decay: EmaDecay = DEFAULT_EMA_DECAY,
     calibration: Calibration = None,
-    recover: Recover = "none",
+    recover: Recover = DEFAULT_RECOVERY,
     distill_steps: DistillSteps = None,
     latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms) at --percentile.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
@@ -169,12 +176,12 @@ def prune_command(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Criterion = "magnitude",
-    allocation: Allocation = "uniform",
-    accumulate: Accumulate = "sum",
-    ema_decay: EmaDecay = 0.9,
+    criterion: Criterion = DEFAULT_CRITERION,
+    allocation: Allocation = DEFAULT_ALLOCATION,
+    accumulate: Accumulate = DEFAULT_ACCUMULATE,
+    ema_decay: EmaDecay = DEFAULT_EMA_DECAY,
     calibration: Calibration = None,
-    recover: Recover = "none",
+    recover: Recover = DEFAULT_RECOVERY,
     distill_steps: DistillSteps = None,
     seed: Seed = 0,
 ) -> None:

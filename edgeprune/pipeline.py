@@ -25,7 +25,14 @@ from edgeprune.profile import Measurement, compare_latency, load_profile
 from edgeprune.profile.memory import measure_peak_memory
 from edgeprune.provenance import host_fingerprint, versions
 from edgeprune.prune import kept_macs_fraction
-from edgeprune.prune.loaded import prune_loaded
+from edgeprune.prune.loaded import (
+    DEFAULT_ACCUMULATE,
+    DEFAULT_ALLOCATION,
+    DEFAULT_CRITERION,
+    DEFAULT_EMA_DECAY,
+    DEFAULT_RECOVERY,
+    prune_loaded,
+)
 from edgeprune.quantize import quantize
 
 DEFAULT_OUT = Path("edgeprune-out")
@@ -51,13 +58,13 @@ class OptimizeSettings:
     keep_flops: float | None = None
     heads_ratio: float | None = None
     ffn_ratio: float | None = None
-    criterion: str = "magnitude"
-    allocation: str = "uniform"
-    accumulate: str = "sum"
-    ema_decay: float = 0.9
+    criterion: str = DEFAULT_CRITERION
+    allocation: str = DEFAULT_ALLOCATION
+    accumulate: str = DEFAULT_ACCUMULATE
+    ema_decay: float = DEFAULT_EMA_DECAY
     calibration: str | None = None
     """Text file (one text per line) for data-driven criteria and recovery; default: built-in sentences."""
-    recover: str = "none"
+    recover: str = DEFAULT_RECOVERY
     distill_steps: int | None = None
     latency_ms: float | None = None
     memory_mb: float | None = None

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from edgeprune import evaluate, load_model, load_pruned, prune
+from edgeprune import evaluate, load_model, load_pruned, prune, prune_loaded
 from edgeprune.cli import app
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
@@ -58,8 +59,11 @@ def test_outputs_load_with_optimum_and_match_the_api(run_dir) -> None:
     from optimum.onnxruntime import ORTModelForFeatureExtraction
 
     reloaded = load_pruned(run_dir / "pruned")
-    api_model, api_plan = prune(load_model().model, keep_flops=2 / 3)
-    assert api_plan == reloaded.plan  # the CLI and the Python API make the same plan
+    api = prune_loaded(load_model(), keep_flops=2 / 3)
+    assert api.plan == reloaded.plan  # the CLI and the Python API make the same plan, with the same defaults
+    assert (api.plan.criterion, api.plan.recovery["method"]) == ("fisher", "lstsq")
+    for name, tensor in api.model.state_dict().items():  # ... and the same recovered weights
+        torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0)
     texts = ["A man is playing a guitar.", "Phones run neural networks on small batteries."]
     ours = evaluate.onnx_encoder(run_dir / "int8" / "model.onnx", reloaded.tokenizer, "mean")(texts)
     ort_model = ORTModelForFeatureExtraction.from_pretrained(run_dir / "int8")
