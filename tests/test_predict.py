@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.profile.characterize import GemmRate, HostRates
+from edgeprune.profile.characterize import ConvRate, GemmRate, HostRates
 from edgeprune.profile.devices import detect_host, load_profile
 from edgeprune.profile.operators import OperatorProfile, OpTiming
 from edgeprune.profile.predict import predict_latency
@@ -17,7 +17,8 @@ def _rates(threads: int) -> HostRates:
     """A host whose GEMMs and bandwidth scale perfectly with threads, small GEMMs at a third of the rate."""
     gemm = [GemmRate(16, 64, 64, 30.0 * threads, 60.0 * threads),
             GemmRate(128, 384, 1536, 100.0 * threads, 300.0 * threads)]
-    return HostRates(threads=threads, gemm=gemm, bandwidth_gbs=20.0 * threads, call_overhead_us=4.0)
+    conv = [ConvRate("dense", 80.0 * threads, 20.0 * threads), ConvRate("depthwise", 10.0 * threads, 2.0 * threads)]
+    return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=20.0 * threads, call_overhead_us=4.0)
 
 
 def _ops(threads: int = 1) -> OperatorProfile:
@@ -87,6 +88,11 @@ def test_swapping_precision_retimes_only_weight_gemms() -> None:
     assert int8.ops[1] == attention and int8.ops[2:] == ops.ops[2:]
     back = swap_precision(int8, to_int8=False, rates=_rates)
     assert back.ops[0].ms == pytest.approx(ffn.ms) and back.wall_ms == pytest.approx(ops.wall_ms)
+    # a convolution follows the conv probes, where int8 (ConvInteger) is 4x slower than fp32 here
+    conv = OpTiming("conv", "Conv", "gemm_fp32", 2.0 * 32 * 56 * 56 * 288, 1e6, ms=1.0, weight_bytes=36864,
+                    reduction=288)
+    slower = swap_precision(replace(ops, ops=[conv]), to_int8=True, rates=_rates).ops[0]
+    assert slower.ms == pytest.approx(4.0)
 
 
 def _calibrated(measured_over_predicted: list[float]):

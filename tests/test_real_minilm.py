@@ -91,12 +91,12 @@ HELD_OUT = ["The committee approved the new budget after a long debate.", "A wom
 
 
 def test_least_squares_recovery_brings_pruned_minilm_back_towards_dense() -> None:
-    from edgeprune.data import sample_sentences
+    from edgeprune.data import calibration_sentences
     from edgeprune.models.loading import LoadedModel
     from edgeprune.prune.calibration import calibration_batches
 
     dense = load_model()
-    batches = calibration_batches(dense.tokenizer, sample_sentences())  # disjoint from HELD_OUT
+    batches = calibration_batches(dense.tokenizer, calibration_sentences())  # disjoint from HELD_OUT
     reference = evaluate.torch_encoder(dense)(HELD_OUT)
     fidelity = {}
     for recovery in ("none", "lstsq"):

@@ -1,7 +1,10 @@
 """Text that ships with edgeprune, so the default run needs no downloaded data.
 
-``sentences.txt`` holds short, varied English sentences written for this project. They
-serve as export parity inputs and as the default fidelity set; they are not a benchmark.
+``sentences.txt`` and ``calibration.txt`` hold short, varied English sentences written for
+this project, with no sentence in both: the first serves as export parity inputs and the
+default fidelity set, the second as default calibration text for data-driven importance and
+recovery, so fidelity is never measured on the text a model was fitted to. Neither is a
+benchmark.
 """
 
 from __future__ import annotations
@@ -10,5 +13,13 @@ from importlib.resources import files
 
 
 def sample_sentences() -> list[str]:
-    text = files("edgeprune.data").joinpath("sentences.txt").read_text(encoding="utf-8")
+    return _lines("sentences.txt")
+
+
+def calibration_sentences() -> list[str]:
+    return _lines("calibration.txt")
+
+
+def _lines(name: str) -> list[str]:
+    text = files("edgeprune.data").joinpath(name).read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]

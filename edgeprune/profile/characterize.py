@@ -26,6 +26,10 @@ from edgeprune.files import atomic_write_json
 
 GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768))
 """(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, plus a tiny one."""
+CONV_SHAPES = {"dense": (32, 32, 56, 1), "depthwise": (96, 96, 56, 96)}
+"""(Cin, Cout, height = width, groups) of 3×3 convolution probes: a ResNet-style and a MobileNet-style one."""
+DEPTHWISE_MAX_REDUCTION = 49
+"""Convolutions summing at most this many products per output (≤ 7×7, one input channel) run as depthwise."""
 STREAM_BYTES = 64 * 2**20
 """Per tensor in the bandwidth probe: well beyond any cache here."""
 
@@ -40,15 +44,32 @@ class GemmRate:
 
 
 @dataclass(frozen=True)
+class ConvRate:
+    kind: str
+    fp32_gflops: float
+    int8_gops: float
+    """Through ConvInteger, what dynamic quantization makes of a Conv: often far slower than fp32."""
+
+
+@dataclass(frozen=True)
 class HostRates:
     """Rates at one thread count, keyed like the cache file."""
 
     threads: int
     gemm: list[GemmRate]
+    conv: list[ConvRate]
     bandwidth_gbs: float
     """Sustained bytes moved per second by an element-wise Add (two reads, one write)."""
     call_overhead_us: float
     """Time of one run of a one-node graph on a scalar: onnxruntime's fixed cost per run."""
+
+    def rate(self, op_type: str, work: float, reduction: float, int8: bool) -> float:
+        """Operations/s for a GEMM-class node: convolutions from the conv probe of their kind, the rest by size."""
+        if "Conv" in op_type:
+            kind = "depthwise" if reduction <= DEPTHWISE_MAX_REDUCTION else "dense"
+            probe = next(c for c in self.conv if c.kind == kind)
+            return (probe.int8_gops if int8 else probe.fp32_gflops) * 1e9
+        return self.gemm_rate(work, int8)
 
     def gemm_rate(self, work: float, int8: bool) -> float:
         """Throughput (operations/s) expected for a GEMM of ``work`` operations: log-linear in size between probes."""
@@ -64,7 +85,8 @@ def host_rates(threads: int, cache_dir: Path | None = None, refresh: bool = Fals
     if path.is_file() and not refresh:
         data = json.loads(path.read_text(encoding="utf-8"))
         return HostRates(threads=data["threads"], gemm=[GemmRate(**g) for g in data["gemm"]],
-                         bandwidth_gbs=data["bandwidth_gbs"], call_overhead_us=data["call_overhead_us"])
+                         conv=[ConvRate(**c) for c in data["conv"]], bandwidth_gbs=data["bandwidth_gbs"],
+                         call_overhead_us=data["call_overhead_us"])
     rates = measure_rates(threads)
     atomic_write_json(path, asdict(rates))
     return rates
@@ -82,21 +104,34 @@ def measure_rates(threads: int) -> HostRates:
             fp32 = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
             int8 = dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx", scheme)
             flops = 2.0 * m * k * n
-            gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _seconds(fp32, threads) / 1e9,
-                                 int8_gops=flops / _seconds(int8, threads) / 1e9))
+            gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
+                                 int8_gops=flops / _best_seconds(int8, threads) / 1e9))
+        conv = []
+        for kind, (c_in, c_out, size, groups) in CONV_SHAPES.items():
+            fp32 = _conv_graph(work / f"conv-{kind}.onnx", c_in, c_out, size, groups)
+            int8 = dynamic_int8(fp32, work / f"conv-{kind}-int8.onnx", scheme)
+            flops = 2.0 * c_out * size * size * (c_in // groups) * 9
+            conv.append(ConvRate(kind, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
+                                 int8_gops=flops / _best_seconds(int8, threads) / 1e9))
         elements = STREAM_BYTES // 4
         add = _add_graph(work / "add.onnx", elements)
-        bandwidth = 3 * STREAM_BYTES / _seconds(add, threads, repeats=10) / 1e9
+        bandwidth = 3 * STREAM_BYTES / min(_seconds(add, threads, repeats=10) for _ in range(3)) / 1e9
         overhead = _seconds(_add_graph(work / "scalar.onnx", 1), threads, repeats=2000) * 1e6
-    return HostRates(threads=threads, gemm=gemm, bandwidth_gbs=bandwidth, call_overhead_us=overhead)
+    return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=bandwidth, call_overhead_us=overhead)
 
 
-def _seconds(path: Path, threads: int, repeats: int = 30) -> float:
+def _best_seconds(path: Path, threads: int, sessions: int = 3) -> float:
+    """The fastest of a few sessions' medians: a session that starts while the VM's cores are slow to wake
+    (2-thread timings here are bimodal) would otherwise fix a wrong rate in the cache for good."""
+    return min(_seconds(path, threads) for _ in range(sessions))
+
+
+def _seconds(path: Path, threads: int, repeats: int = 100) -> float:
     """Median seconds per run after warm-up."""
     sess = runtime.session(path, threads=threads)
     feed = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
             .astype(np.float32) for i in sess.get_inputs()}
-    for _ in range(5):
+    for _ in range(20):
         sess.run(None, feed)
     samples = []
     for _ in range(repeats):
@@ -111,6 +146,19 @@ def _matmul_graph(path: Path, m: int, k: int, n: int) -> Path:
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "gemm",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _conv_graph(path: Path, c_in: int, c_out: int, size: int, groups: int) -> Path:
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32) * 0.05, "W")
+    bias = numpy_helper.from_array(np.zeros(c_out, dtype=np.float32), "B")
+    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1], group=groups)
+    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             [1, c_in, size, size])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, size, size])],
+                              [weight, bias])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
@@ -130,4 +178,4 @@ def _cache_path(threads: int, cache_dir: Path | None) -> Path:
     base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
     fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return Path(base) / f"host-rates-{digest}-{threads}t.json"
+    return Path(base) / f"host-rates-v2-{digest}-{threads}t.json"

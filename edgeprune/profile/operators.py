@@ -46,6 +46,8 @@ class OpTiming:
     """Median kernel time over the timed runs."""
     weight_bytes: float = 0.0
     """Bytes of constant inputs (weights): a GEMM with weights is one dynamic quantization turns to int8."""
+    reduction: float = 0.0
+    """GEMM-class nodes: products summed per output element (K; Cin/groups·kh·kw for a convolution)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -113,10 +115,11 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
         timed = records[warmup:] or records
         args = timed[-1]["args"]
         node = nodes.get(name)
-        work, traffic, op_class = cost(args["op_name"], args.get("input_type_shape", []),
-                                       args.get("output_type_shape", []), node, weights)
+        work, traffic, op_class, reduction = cost(args["op_name"], args.get("input_type_shape", []),
+                                                  args.get("output_type_shape", []), node, weights)
         ops.append(OpTiming(name, args["op_name"], op_class, work, traffic,
-                            statistics.median(r["dur"] for r in timed) / 1e3, _weight_bytes(node, weights)))
+                            statistics.median(r["dur"] for r in timed) / 1e3, _weight_bytes(node, weights),
+                            reduction))
     output_bytes = {name: [math.prod(shape) * ITEMSIZE.get(dtype, 4) for spec in records[-1]["args"].get(
         "output_type_shape", []) for dtype, shape in spec.items()] for name, records in per_node.items()}
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
@@ -156,8 +159,9 @@ def _weight_bytes(node: onnx.NodeProto | None, weights: dict[str, tuple[list[int
 
 
 def cost(op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[str, list[int]]],
-         node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> tuple[float, float, str]:
-    """(work, traffic in bytes, class) of one node from its run-time shapes and its weights."""
+         node: onnx.NodeProto | None,
+         weights: dict[str, tuple[list[int], int]]) -> tuple[float, float, str, float]:
+    """(work, traffic in bytes, class, reduction) of one node from its run-time shapes and its weights."""
     names = [n for n in node.input if n] if node is not None else []
     weight_bytes = _weight_bytes(node, weights)
     activations = [(dtype, shape) for i, spec in enumerate(inputs) for dtype, shape in spec.items()
@@ -168,9 +172,11 @@ def cost(op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[st
     if op_type in GEMM_FP32 or op_type in GEMM_INT8:
         op_class = "gemm_int8" if op_type in GEMM_INT8 else "gemm_fp32"
         if "Attention" in op_type:
-            return _attention_work(inputs, names, weights), traffic, op_class
-        return 2.0 * out_elements * _reduction(op_type, inputs, names, weights), traffic, op_class
-    return float(out_elements), traffic, "tiny" if traffic < TINY_BYTES else "memory"
+            hidden = (_shape(inputs, 0) or [1])[-1]
+            return _attention_work(inputs, names, weights), traffic, op_class, float(hidden)
+        reduction = _reduction(op_type, inputs, names, weights)
+        return 2.0 * out_elements * reduction, traffic, op_class, float(reduction)
+    return float(out_elements), traffic, "tiny" if traffic < TINY_BYTES else "memory", 0.0
 
 
 def _attention_work(inputs: list[dict[str, list[int]]], names: list[str],

@@ -96,30 +96,30 @@ class _Scale:
     """Multipliers from a host node's time to the target's."""
 
     source: HostRates
-    gemm: Callable[[float, bool], float]
-    """(work, int8) → target rate in operations/s."""
+    gemm: Callable[[str, float, float, bool], float]
+    """(op type, work, reduction, int8) → target rate in operations/s."""
     dram: float
     """Host bandwidth over the target's."""
     cache: float
-    """Host small-vector rate over the target's."""
+    """Host element-wise rate over the target's, for nodes that stay in cache."""
     clock: float
     soft_figures: list[str]
 
     def node(self, op: OpTiming) -> float:
         if op.op_class in ("gemm_fp32", "gemm_int8"):
             int8 = op.op_class == "gemm_int8"
-            return self.source.gemm_rate(op.work, int8) / self.gemm(op.work, int8)
+            return (self.source.rate(op.op_type, op.work, op.reduction, int8)
+                    / self.gemm(op.op_type, op.work, op.reduction, int8))
         if op.op_class == "memory":
             return self.dram if op.traffic >= DRAM_BOUND_BYTES else self.cache
         return self.clock
 
 
 def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: HostRates, rates: Rates) -> _Scale:
-    smallest = min(2.0 * g.m * g.k * g.n for g in source.gemm)
     if device.is_host:
         target = rates(threads)
-        return _Scale(source, target.gemm_rate, source.bandwidth_gbs / target.bandwidth_gbs,
-                      source.gemm_rate(smallest, False) / target.gemm_rate(smallest, False), 1.0, [])
+        stream = source.bandwidth_gbs / target.bandwidth_gbs  # element-wise nodes scale like the Add probe
+        return _Scale(source, target.rate, stream, stream, 1.0, [])
     one = rates(1)
     cluster = device.cluster
     soft = [name for name, q in _figures(device, cluster) if q is not None and q.kind in ("assumed", "derived")]
@@ -135,8 +135,8 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     int8 = cluster.int8_ops_per_cycle.value * cluster.clock_ghz * 1e9 / host_int8
     clock = host_fp32 / (host.cluster.fp32_flops_per_cycle.value * 1e9) / cluster.clock_ghz
 
-    def gemm(work: float, is_int8: bool) -> float:
-        return one.gemm_rate(work, is_int8) * (int8 if is_int8 else fp32) * parallel
+    def gemm(op_type: str, work: float, reduction: float, is_int8: bool) -> float:
+        return one.rate(op_type, work, reduction, is_int8) * (int8 if is_int8 else fp32) * parallel
 
     memory = device.memory
     if memory.bandwidth_measured is not None:
@@ -147,8 +147,9 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     else:
         bandwidth = one.bandwidth_gbs * fp32
         soft.append("bandwidth (none in the profile)")
-    return _Scale(source, gemm, source.bandwidth_gbs / bandwidth,
-                  source.gemm_rate(smallest, False) / (one.gemm_rate(smallest, False) * fp32 * parallel), clock, soft)
+    # cache-resident element-wise nodes: this host's element-wise rate, scaled by the cores' vector rate
+    cache = source.bandwidth_gbs / (one.bandwidth_gbs * fp32 * parallel)
+    return _Scale(source, gemm, source.bandwidth_gbs / bandwidth, cache, clock, soft)
 
 
 def _figures(device: DeviceProfile, cluster: Cluster) -> list[tuple[str, Quantity | None]]:
@@ -175,18 +176,21 @@ def swap_precision(ops: OperatorProfile, to_int8: bool, rates: Rates = host_rate
     """The profile the same model would have with its weight GEMMs in int8 (dynamic quantization) or back in fp32.
 
     Each GEMM that has weights is re-timed by the ratio of this host's measured fp32 and
-    int8 GEMM rates at its size (the int8 probe includes quantizing its input, as
-    DynamicQuantizeMatMul does); going back to fp32 drops the graph's standalone
-    DynamicQuantizeLinear nodes. Element-wise nodes are kept as they are.
+    int8 rates at its size, convolutions by the conv probes (the int8 probes include
+    quantizing the input, as DynamicQuantizeMatMul and ConvInteger graphs do); going back
+    to fp32 drops the graph's standalone DynamicQuantizeLinear nodes. Element-wise nodes
+    are kept as they are.
     """
     source = rates(ops.threads)
     moved = []
     for op in ops.ops:
         if to_int8 and op.op_class == "gemm_fp32" and op.weight_bytes > 0:
-            ratio = source.gemm_rate(op.work, False) / source.gemm_rate(op.work, True)
+            ratio = (source.rate(op.op_type, op.work, op.reduction, False)
+                     / source.rate(op.op_type, op.work, op.reduction, True))
             moved.append(replace(op, op_class="gemm_int8", ms=op.ms * ratio, weight_bytes=op.weight_bytes / 4))
         elif not to_int8 and op.op_class == "gemm_int8":
-            ratio = source.gemm_rate(op.work, True) / source.gemm_rate(op.work, False)
+            ratio = (source.rate(op.op_type, op.work, op.reduction, True)
+                     / source.rate(op.op_type, op.work, op.reduction, False))
             moved.append(replace(op, op_class="gemm_fp32", ms=op.ms * ratio, weight_bytes=op.weight_bytes * 4))
         elif not to_int8 and op.op_type == "DynamicQuantizeLinear":
             continue

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from edgeprune.data import sample_sentences
+from edgeprune.data import calibration_sentences
 from edgeprune.errors import EdgepruneError
 from edgeprune.evaluate import as_torch, tokenize
 
@@ -36,4 +36,4 @@ def batches_for(criterion: str, recovery: str, tokenizer: object,
     """Calibration batches when scoring or recovery needs data: from ``path``, else edgeprune's built-in sentences."""
     if criterion == "magnitude" and recovery == "none":
         return None
-    return calibration_batches(tokenizer, read_texts(Path(path)) if path else sample_sentences())
+    return calibration_batches(tokenizer, read_texts(Path(path)) if path else calibration_sentences())
