@@ -159,21 +159,24 @@ def main() -> None:
 
 
 def memory_check(names: list[str], ops: dict[tuple[str, int], OperatorProfile], peaks: dict[str, float]) -> None:
-    """Peak memory ≈ a·weights + b·peak live activations + c, fitted leave-one-out over the zoo."""
+    """Peak memory ≈ a·fp32 weights + b·int8 weights + c·peak live activations + d, fitted leave-one-out."""
     mib = 2.0**20
-    x = np.array([[ops[n, 1].weight_bytes / mib, ops[n, 1].peak_activation_bytes / mib, 1.0] for n in names])
+    x = np.array([[(ops[n, 1].weight_bytes - ops[n, 1].int8_weight_bytes) / mib, ops[n, 1].int8_weight_bytes / mib,
+                   ops[n, 1].peak_activation_bytes / mib, 1.0] for n in names])
     y = np.array([peaks[n] for n in names])
-    print(f"{'model':<22}{'weights MiB':>12}{'live act MiB':>13}{'predicted MiB':>14}{'measured MiB':>13}{'error':>8}")
+    print(f"{'model':<22}{'fp32 w MiB':>11}{'int8 w MiB':>11}{'live act MiB':>13}{'predicted MiB':>14}"
+          f"{'measured MiB':>13}{'error':>8}")
     hits = []
     for i, name in enumerate(names):
         rest = np.arange(len(names)) != i
         coef, *_ = np.linalg.lstsq(x[rest], y[rest], rcond=None)
         predicted = float(x[i] @ coef)
         hits.append(within(predicted, y[i], 0.15))
-        print(f"{name:<22}{x[i, 0]:>12.1f}{x[i, 1]:>13.2f}{predicted:>14.1f}{y[i]:>13.1f}{predicted / y[i] - 1:>+8.1%}")
+        print(f"{name:<22}{x[i, 0]:>11.1f}{x[i, 1]:>11.1f}{x[i, 2]:>13.2f}{predicted:>14.1f}{y[i]:>13.1f}"
+              f"{predicted / y[i] - 1:>+8.1%}")
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    print(f"memory within ±15% (leave-one-out): {np.mean(hits):.0%}; fit on all: {coef[0]:.2f}·weights + "
-          f"{coef[1]:.2f}·activations + {coef[2]:.1f} MiB")
+    print(f"memory within ±15% (leave-one-out): {np.mean(hits):.0%}; fit on all: {coef[0]:.2f}·fp32 weights + "
+          f"{coef[1]:.2f}·int8 weights + {coef[2]:.2f}·activations + {coef[3]:.1f} MiB")
 
 
 if __name__ == "__main__":

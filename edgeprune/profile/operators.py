@@ -63,6 +63,8 @@ class OperatorProfile:
     seq_len: int
     weight_bytes: float = 0.0
     """All constant tensors of the optimized graph."""
+    int8_weight_bytes: float = 0.0
+    """The 8-bit ones among them (onnxruntime keeps them next to a packed copy, unlike fp32 ones)."""
     peak_activation_bytes: float = 0.0
     """Most bytes of intermediate tensors alive at once, in execution order (each freed after its last reader)."""
 
@@ -125,6 +127,7 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
                            batch=batch, seq_len=seq_len,
                            weight_bytes=float(sum(math.prod(d) * size for d, size in weights.values())),
+                           int8_weight_bytes=float(sum(math.prod(d) for d, size in weights.values() if size == 1)),
                            peak_activation_bytes=_peak_live_bytes(list(per_node), nodes, output_bytes, graph))
 
 
