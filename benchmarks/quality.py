@@ -119,10 +119,10 @@ class Evaluator:
                 "accuracy_refit": refit.accuracy(held, self.ag.labels[self.held])}
 
 
-def speed_levels(dense: LoadedModel, evaluator: Evaluator, dense_onnx: Path,
+def speed_levels(dense: LoadedModel, evaluator: Evaluator, dense_onnx: Path, dense_int8: Path,
                  levels: list[float]) -> tuple[dict[float, tuple[float, float]], dict[float, float]]:
     """Measure int8 speedup over dense fp32 for each FLOPs fraction; map each level to the largest that reaches it."""
-    paths = {1.0: evaluator.int8(dense)[0]}
+    paths = {1.0: dense_int8}
     for keep in KEEP_GRID:
         plan = make_plan(dense.model, keep_flops=keep)
         pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
@@ -169,7 +169,8 @@ def main() -> None:
         work = Path(tmp)
         evaluator = Evaluator(dense, work, evaluate.load_stsb(SHARED / "stsb" / "sts-dev.csv"), ag, train, held)
         dense_onnx = export(dense, work / "dense").onnx_path
-        levels, curve = speed_levels(dense, evaluator, dense_onnx, args.levels)
+        dense_int8, form = evaluator.int8(dense)
+        levels, curve = speed_levels(dense, evaluator, dense_onnx, dense_int8, args.levels)
         print("int8 speedup over dense fp32 by kept FLOPs fraction (1 thread, seq 128): "
               + ", ".join(f"{k:.3f}→{s:.2f}x" for k, s in curve.items()), flush=True)
         print(f"dense fp32: STS-B {evaluator.dense_stsb:.2f}, AG News accuracy {evaluator.dense_accuracy:.2f} "
@@ -187,7 +188,6 @@ def main() -> None:
                   f"{row.accuracy_same_head - evaluator.dense_accuracy:>6.2f}{row.accuracy_refit:>7.2f}"
                   f"{row.prune_seconds:>8.1f}", flush=True)
 
-        dense_int8, form = evaluator.int8(dense)
         for level, (keep, speedup) in levels.items():
             if keep == 1.0:
                 report(Row(level, speedup, 1.0, "-", "-", "none", **evaluator.quality(dense_int8), prune_seconds=0.0,

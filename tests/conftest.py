@@ -14,6 +14,19 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def calibration_texts() -> list[str]:
+    """Sixteen everyday sentences for calibration batches in tests (the first eight are enough for scoring)."""
+    return ["A man is playing a guitar on the street.", "The cat sleeps on the warm windowsill.",
+            "Stock markets fell sharply after the announcement.", "Two dogs are running through the snow.",
+            "The vaccine trial enrolled thirty thousand volunteers.", "Please restart the router.",
+            "The orchestra played a symphony by Beethoven.", "Our flight was delayed because of fog.",
+            "Heavy rain flooded the lower streets overnight.", "She finished the marathon in record time.",
+            "The committee postponed its decision until spring.", "A child is drawing a red house.",
+            "The new phone has a larger battery.", "Farmers expect a poor harvest this year.",
+            "He repaired the bicycle with borrowed tools.", "The museum reopened after the renovation."]
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     from edgeprune.models.loading import default_model_path
 

@@ -10,11 +10,6 @@ from edgeprune.prune import make_plan
 from edgeprune.prune.calibration import calibration_batches
 from edgeprune.prune.importance import CRITERIA, Accumulation, LayerScores, activation
 
-TEXTS = ["A man is playing a guitar on the street.", "The cat sleeps on the warm windowsill.",
-         "Stock markets fell sharply after the announcement.", "Two dogs are running through the snow.",
-         "The vaccine trial enrolled thirty thousand volunteers.", "Please restart the router.",
-         "The orchestra played a symphony by Beethoven.", "Our flight was delayed because of fog."]
-
 
 def _planted(path):
     """A model with head 2 of layer 1 writing nothing and FFN neuron 17 of layer 1 never active."""
@@ -28,31 +23,32 @@ def _planted(path):
 
 
 @pytest.mark.parametrize("name", sorted(CRITERIA))
-def test_every_criterion_ranks_planted_dead_units_last(tiny_bert_dir, name) -> None:
+def test_every_criterion_ranks_planted_dead_units_last(calibration_texts, tiny_bert_dir, name) -> None:
     loaded = _planted(tiny_bert_dir)
-    batches = calibration_batches(loaded.tokenizer, TEXTS, batch_size=4)
+    texts = calibration_texts[:8]
+    batches = calibration_batches(loaded.tokenizer, texts, batch_size=4)
     scores = CRITERIA[name](loaded.model, adapter_for(loaded.model), batches, Accumulation("ema", 0.5))[1]
     assert int(scores.heads.argmin()) == 2, scores.heads
     assert int(scores.neurons.argmin()) == 17
     assert float(scores.heads.min()) < 1e-6 * float(scores.heads.max()) + 1e-12
     plan = make_plan(loaded.model, heads_ratio=5 / 6, ffn_ratio=95 / 96, criterion=name, batches=batches)
     assert 2 not in plan.layers[1].heads and 17 not in plan.layers[1].neurons
-    assert plan.criterion == name and plan.calibration_texts == (0 if name == "magnitude" else len(TEXTS))
+    assert plan.criterion == name and plan.calibration_texts == (0 if name == "magnitude" else len(texts))
 
 
-def test_taylor_uses_the_task_loss_when_labels_are_given(tiny_classifier_dir) -> None:
+def test_taylor_uses_the_task_loss_when_labels_are_given(calibration_texts, tiny_classifier_dir) -> None:
     loaded = _planted(tiny_classifier_dir)
-    batches = calibration_batches(loaded.tokenizer, TEXTS, batch_size=4)
+    batches = calibration_batches(loaded.tokenizer, calibration_texts[:8], batch_size=4)
     for batch in batches:
         batch["labels"] = torch.arange(len(batch["input_ids"])) % 3
     scores = CRITERIA["taylor"](loaded.model, adapter_for(loaded.model), batches, Accumulation())
     assert int(scores[1].heads.argmin()) == 2 and all(float(s.heads.sum()) > 0 for s in scores)
 
 
-def test_ema_with_decay_zero_equals_the_last_batch(tiny_bert_dir) -> None:
+def test_ema_with_decay_zero_equals_the_last_batch(calibration_texts, tiny_bert_dir) -> None:
     loaded = load_model(tiny_bert_dir)
     adapter = adapter_for(loaded.model)
-    batches = calibration_batches(loaded.tokenizer, TEXTS, batch_size=3)
+    batches = calibration_batches(loaded.tokenizer, calibration_texts[:8], batch_size=3)
     ema = activation(loaded.model, adapter, batches, Accumulation("ema", 0.0))
     last = activation(loaded.model, adapter, batches[-1:], Accumulation())
     for a, b in zip(ema, last):

@@ -14,15 +14,6 @@ from edgeprune.prune.calibration import calibration_batches
 from edgeprune.prune.plan import LayerPlan, PruningPlan
 from edgeprune.prune.recover import distill, least_squares, recover
 
-TEXTS = ["A man is playing a guitar on the street.", "The cat sleeps on the warm windowsill.",
-         "Stock markets fell sharply after the announcement.", "Two dogs are running through the snow.",
-         "The vaccine trial enrolled thirty thousand volunteers.", "Please restart the router.",
-         "The orchestra played a symphony by Beethoven.", "Our flight was delayed because of fog.",
-         "Heavy rain flooded the lower streets overnight.", "She finished the marathon in record time.",
-         "The committee postponed its decision until spring.", "A child is drawing a red house.",
-         "The new phone has a larger battery.", "Farmers expect a poor harvest this year.",
-         "He repaired the bicycle with borrowed tools.", "The museum reopened after the renovation."]
-
 
 def _with_duplicates(path):
     """Layer 0: head 1 is a copy of head 0 (same Q/K/V), FFN neuron 5 a copy of neuron 3."""
@@ -51,11 +42,12 @@ def _outputs(model, batches) -> torch.Tensor:
         return torch.cat([model(**b)[0][b["attention_mask"].bool()] for b in batches])
 
 
-def test_least_squares_exactly_recovers_a_redundant_duplicated_head_and_neuron(tiny_bert_dir) -> None:
+def test_least_squares_exactly_recovers_a_redundant_duplicated_head_and_neuron(calibration_texts,
+                                                                               tiny_bert_dir) -> None:
     dense = _with_duplicates(tiny_bert_dir)
     adapter = adapter_for(dense.model)
     pruned = apply_plan(copy.deepcopy(dense.model), adapter, _drop_duplicates(dense))
-    batches = calibration_batches(dense.tokenizer, TEXTS, batch_size=4)
+    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
     reference = _outputs(dense.model, batches)
     before = (_outputs(pruned, batches) - reference).abs().max()
     fits = least_squares(dense.model, pruned, adapter, batches)
@@ -70,9 +62,10 @@ def test_least_squares_exactly_recovers_a_redundant_duplicated_head_and_neuron(t
     torch.testing.assert_close(kept_out[:, 3], dense_out[:, 3] + dense_out[:, 5], atol=1e-3, rtol=0)
 
 
-def test_least_squares_lowers_held_aside_error_and_keeps_weights_that_cannot_improve(tiny_bert_dir) -> None:
+def test_least_squares_lowers_held_aside_error_and_keeps_weights_that_cannot_improve(calibration_texts,
+                                                                                     tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, TEXTS, batch_size=2)
+    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=2)
     pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches, recovery="lstsq")
     assert plan.recovery["method"] == "lstsq" and plan.recovery["projections"] == 6
     assert plan.recovery["held_out_error_after"] < plan.recovery["held_out_error_before"]
@@ -83,9 +76,9 @@ def test_least_squares_lowers_held_aside_error_and_keeps_weights_that_cannot_imp
     assert all(f.error_before < 1e-10 for f in fits)  # nothing removed: the dense weights are already exact
 
 
-def test_recovered_model_saves_and_loads_with_its_plan(tiny_bert_dir, tmp_path) -> None:
+def test_recovered_model_saves_and_loads_with_its_plan(calibration_texts, tiny_bert_dir, tmp_path) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, TEXTS, batch_size=4)
+    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
     pruned, plan = prune(dense.model, keep_flops=0.5, criterion="activation", batches=batches, recovery="lstsq")
     save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), tmp_path / "p")
     loaded = load_pruned(tmp_path / "p")
@@ -93,9 +86,9 @@ def test_recovered_model_saves_and_loads_with_its_plan(tiny_bert_dir, tmp_path) 
     torch.testing.assert_close(_outputs(loaded.model, batches), _outputs(pruned, batches))
 
 
-def test_distillation_lowers_its_loss_and_is_deterministic(tiny_bert_dir) -> None:
+def test_distillation_lowers_its_loss_and_is_deterministic(calibration_texts, tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, TEXTS, batch_size=4)
+    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
     runs = []
     for _ in range(2):
         pruned, _ = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5)
@@ -106,16 +99,16 @@ def test_distillation_lowers_its_loss_and_is_deterministic(tiny_bert_dir) -> Non
     torch.testing.assert_close(runs[0][2], runs[1][2], rtol=0, atol=0)
 
 
-def test_distillation_of_a_classifier_matches_the_teachers_logits(tiny_classifier_dir) -> None:
+def test_distillation_of_a_classifier_matches_the_teachers_logits(calibration_texts, tiny_classifier_dir) -> None:
     dense = load_model(tiny_classifier_dir)
-    batches = calibration_batches(dense.tokenizer, TEXTS, batch_size=4)
+    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
     pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches, recovery="distill",
                          distill_steps=20)
     first, last = plan.recovery["distill_loss_first_last"]
     assert plan.recovery["distill_steps"] == 20 and last < first
 
 
-def test_recovery_needs_calibration_and_a_known_method(tiny_bert_dir) -> None:
+def test_recovery_needs_calibration_and_a_known_method(calibration_texts, tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
     with pytest.raises(PlanError, match="calibration"):
         prune(dense.model, keep_flops=0.5, recovery="lstsq")
@@ -123,7 +116,7 @@ def test_recovery_needs_calibration_and_a_known_method(tiny_bert_dir) -> None:
         prune(dense.model, keep_flops=0.5, recovery="retrain")
     with pytest.raises(PlanError, match="distill-steps"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.tokenizer, TEXTS[:4]), "distill", distill_steps=0)
+                calibration_batches(dense.tokenizer, calibration_texts[:4]), "distill", distill_steps=0)
     with pytest.raises(PlanError, match="at least 2 calibration batches"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.tokenizer, TEXTS[:4]), "lstsq")
+                calibration_batches(dense.tokenizer, calibration_texts[:4]), "lstsq")

@@ -117,11 +117,9 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
         timed = records[warmup:] or records
         args = timed[-1]["args"]
         node = nodes.get(name)
-        work, traffic, op_class, reduction = cost(args["op_name"], args.get("input_type_shape", []),
-                                                  args.get("output_type_shape", []), node, weights)
-        ops.append(OpTiming(name, args["op_name"], op_class, work, traffic,
-                            statistics.median(r["dur"] for r in timed) / 1e3, _weight_bytes(node, weights),
-                            reduction))
+        ops.append(node_timing(name, args["op_name"], args.get("input_type_shape", []),
+                               args.get("output_type_shape", []), node, weights,
+                               ms=statistics.median(r["dur"] for r in timed) / 1e3))
     output_bytes = {name: [math.prod(shape) * ITEMSIZE.get(dtype, 4) for spec in records[-1]["args"].get(
         "output_type_shape", []) for dtype, shape in spec.items()] for name, records in per_node.items()}
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
@@ -155,31 +153,26 @@ def _peak_live_bytes(order: list[str], nodes: dict[str, onnx.NodeProto], output_
     return peak
 
 
-def _weight_bytes(node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]]) -> float:
-    if node is None:
-        return 0.0
-    return float(sum(math.prod(weights[n][0]) * weights[n][1] for n in node.input if n in weights))
-
-
-def cost(op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[str, list[int]]],
-         node: onnx.NodeProto | None,
-         weights: dict[str, tuple[list[int], int]]) -> tuple[float, float, str, float]:
-    """(work, traffic in bytes, class, reduction) of one node from its run-time shapes and its weights."""
+def node_timing(name: str, op_type: str, inputs: list[dict[str, list[int]]], outputs: list[dict[str, list[int]]],
+                node: onnx.NodeProto | None, weights: dict[str, tuple[list[int], int]], ms: float) -> OpTiming:
+    """One node's class, work, traffic and weights from its run-time shapes and the graph's initializers."""
     names = [n for n in node.input if n] if node is not None else []
-    weight_bytes = _weight_bytes(node, weights)
+    weight_bytes = float(sum(math.prod(weights[n][0]) * weights[n][1] for n in names if n in weights))
     activations = [(dtype, shape) for i, spec in enumerate(inputs) for dtype, shape in spec.items()
                    if i >= len(names) or names[i] not in weights]
     outs = [(dtype, shape) for spec in outputs for dtype, shape in spec.items()]
-    traffic = float(weight_bytes + sum(math.prod(s) * ITEMSIZE.get(d, 4) for d, s in activations + outs))
+    traffic = weight_bytes + sum(math.prod(s) * ITEMSIZE.get(d, 4) for d, s in activations + outs)
     out_elements = sum(math.prod(s) for _, s in outs[:1])
     if op_type in GEMM_FP32 or op_type in GEMM_INT8:
         op_class = "gemm_int8" if op_type in GEMM_INT8 else "gemm_fp32"
         if "Attention" in op_type:
-            hidden = (_shape(inputs, 0) or [1])[-1]
-            return _attention_work(inputs, names, weights), traffic, op_class, float(hidden)
-        reduction = _reduction(op_type, inputs, names, weights)
-        return 2.0 * out_elements * reduction, traffic, op_class, float(reduction)
-    return float(out_elements), traffic, "tiny" if traffic < TINY_BYTES else "memory", 0.0
+            work, reduction = _attention_work(inputs, names, weights), (_shape(inputs, 0) or [1])[-1]
+        else:
+            reduction = _reduction(op_type, inputs, names, weights)
+            work = 2.0 * out_elements * reduction
+        return OpTiming(name, op_type, op_class, work, traffic, ms, weight_bytes, float(reduction))
+    op_class = "tiny" if traffic < TINY_BYTES else "memory"
+    return OpTiming(name, op_type, op_class, float(out_elements), traffic, ms, weight_bytes)
 
 
 def _attention_work(inputs: list[dict[str, list[int]]], names: list[str],

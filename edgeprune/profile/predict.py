@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from edgeprune.profile.characterize import HostRates, host_rates
-from edgeprune.profile.devices import Cluster, DeviceProfile, Quantity, detect_host
+from edgeprune.profile.devices import DeviceProfile, Quantity, detect_host
 from edgeprune.profile.operators import OperatorProfile, OpTiming
 
 DRAM_BOUND_BYTES = 4 * 2**20
@@ -83,10 +83,11 @@ def predict_latency(ops: OperatorProfile, device: DeviceProfile, *, threads: int
         factor *= calibration.latency_factor.value
     per_class = {k: v * factor for k, v in per_class.items()}
     total = sum(per_class.values())
-    band, basis = _band(device, threads, ops.threads, host, scale.soft_figures)
     if not device.is_host and calibration.band is not None:
         band = calibration.band.value
         basis = [f"calibrated on {len(calibration.anchors)} on-device measurement(s): ±{band:.0%}"]
+    else:
+        band, basis = _band(device, threads, ops.threads, host, scale.soft_figures)
     return Prediction(device=device.name, threads=threads, latency_ms=total, band=band, basis=basis,
                       per_class_ms=dict(per_class))
 
@@ -122,7 +123,7 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
         return _Scale(source, target.rate, stream, stream, 1.0, [])
     one = rates(1)
     cluster = device.cluster
-    soft = [name for name, q in _figures(device, cluster) if q is not None and q.kind in ("assumed", "derived")]
+    soft = [name for name, q in _figures(device) if q is not None and q.kind in ("assumed", "derived")]
     soft.append("GEMM efficiency")
     scaling = device.calibration.thread_scaling.value if device.calibration.thread_scaling else DEFAULT_THREAD_SCALING
     if device.calibration.thread_scaling is None:
@@ -152,7 +153,9 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     return _Scale(source, gemm, source.bandwidth_gbs / bandwidth, cache, clock, soft)
 
 
-def _figures(device: DeviceProfile, cluster: Cluster) -> list[tuple[str, Quantity | None]]:
+def _figures(device: DeviceProfile) -> list[tuple[str, Quantity | None]]:
+    """The device figures a prediction rests on."""
+    cluster = device.cluster
     return [("clock", cluster.sustained_clock or cluster.max_clock), ("fp32 per cycle", cluster.fp32_flops_per_cycle),
             ("int8 per cycle", cluster.int8_ops_per_cycle),
             ("bandwidth", device.memory.bandwidth_measured or device.memory.bandwidth_theoretical)]

@@ -6,8 +6,10 @@ reproduces it; the input model is left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from edgeprune.prune.apply import apply_plan, dense_shape
 from edgeprune.prune.importance import MEAN, Accumulation, Batches, LayerScores
 from edgeprune.prune.importance import criterion as get_criterion
 from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
-from edgeprune.prune.recover import DISTILL_STEPS, RECOVERY_METHODS, Tick, recover
+from edgeprune.prune.recover import DISTILL_STEPS, RECOVERY_METHODS, Tick, check_recovery, recover
 
 
 def resolve_target(heads_ratio: float | None, ffn_ratio: float | None,
@@ -45,10 +47,17 @@ def score(model: nn.Module, criterion: str = "magnitude", batches: Batches | Non
     """Importance of every head and FFN neuron of the dense ``model`` (higher = keep)."""
     criterion_fn = get_criterion(criterion)
     torch.manual_seed(seed)
+    with _eval_mode(model):
+        return criterion_fn(model, adapter_for(model), batches, accumulation)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while scoring or recovering; the caller's train/eval mode is restored afterwards."""
     was_training = model.training
     model.eval()
     try:
-        return criterion_fn(model, adapter_for(model), batches, accumulation)
+        yield
     finally:
         model.train(was_training)
 
@@ -99,20 +108,15 @@ def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: floa
     ``model`` on the same calibration ``batches``; the plan records what it did. ``tick``
     reports recovery progress as (done, total).
     """
-    if recovery not in RECOVERY_METHODS:
-        raise PlanError(f"unknown recovery '{recovery}'", f"choose one of: {', '.join(RECOVERY_METHODS)}")
+    check_recovery(recovery, distill_steps)  # before minutes of scoring
     batches = list(batches) if batches is not None else None
     plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
                      criterion=criterion, batches=batches, accumulation=accumulation, allocation=allocation,
                      seed=seed)
     adapter = adapter_for(model)
     pruned = apply_plan(copy.deepcopy(model), adapter, plan).eval()
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         report = recover(model, pruned, adapter, batches or [], recovery, distill_steps, seed, tick)
-    finally:
-        model.train(was_training)
     if recovery != "none" and criterion == "magnitude":
         plan = dataclasses.replace(plan, calibration_texts=sum(len(b["input_ids"]) for b in batches or ()))
     return pruned.eval(), dataclasses.replace(plan, recovery=report.summary())

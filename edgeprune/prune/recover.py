@@ -73,18 +73,28 @@ class RecoveryReport:
         return data
 
 
+def check_recovery(method: str, distill_steps: int = DISTILL_STEPS) -> None:
+    """Refuse an unknown method or a step count that cannot run, before any work is done."""
+    if method not in RECOVERY_METHODS:
+        raise PlanError(f"unknown recovery '{method}'", f"choose one of: {', '.join(RECOVERY_METHODS)}")
+    if method == "distill":
+        _check_steps(distill_steps)
+
+
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise PlanError(f"--distill-steps {steps} is not positive", "pass a step count such as 400")
+
+
 def recover(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, batches: list[Batch], method: str,
             distill_steps: int = DISTILL_STEPS, seed: int = 0, tick: Tick | None = None) -> RecoveryReport:
     """Recover ``pruned`` (in place) towards ``dense`` on calibration ``batches``."""
-    if method not in RECOVERY_METHODS:
-        raise PlanError(f"unknown recovery '{method}'", f"choose one of: {', '.join(RECOVERY_METHODS)}")
+    check_recovery(method, distill_steps)
     report = RecoveryReport(method)
     if method == "none":
         return report
     if not batches:
         raise PlanError(f"--recover {method} needs calibration text and got none", "pass --calibration FILE")
-    if method == "distill" and distill_steps < 1:
-        raise PlanError(f"--distill-steps {distill_steps} is not positive", "pass a step count such as 400")
     report.fits = least_squares(dense, pruned, adapter, batches, tick)
     if method == "distill":
         report.distill_steps = distill_steps
@@ -122,10 +132,11 @@ def least_squares(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, ba
             for b, call in enumerate(pruned_calls):
                 _, seen = _replay(p.block, call, watch=(proj, norm), stop=norm)
                 inputs, pruned_sum = seen[proj][tokens[b]], seen[norm][tokens[b]]
+                dense_sum = targets[b][proj]
                 # The residual the pruned model adds is its norm input minus this projection's output.
-                samples.append((inputs, targets[b][proj] - (pruned_sum - proj(inputs)), held[b]))
-            fits.append(_refit(f"layer {i} {'attention' if proj is p.attn_out else 'ffn'}", proj, samples,
-                               [t[proj] for t in targets]))
+                samples.append((inputs, dense_sum - (pruned_sum - proj(inputs)),
+                                1.0 / dense_sum.double().std(dim=-1, keepdim=True), held[b]))
+            fits.append(_refit(f"layer {i} {'attention' if proj is p.attn_out else 'ffn'}", proj, samples))
             if tick:
                 tick(len(fits), 2 * len(pruned_layers))
         pruned_calls = [_with_states(call, _replay(p.block, call)[0]) for call in pruned_calls]
@@ -153,9 +164,10 @@ class _Normal:
         return float(residual) / max(self.energy, 1e-30)
 
 
-def _refit(name: str, proj: nn.Linear, samples: list[tuple[torch.Tensor, torch.Tensor, bool]],
-           dense_sums: list[torch.Tensor]) -> ProjectionFit:
-    """Ridge re-fit of ``proj`` on (inputs, targets, held-aside?) samples; keep it only if held-aside error drops.
+def _refit(name: str, proj: nn.Linear,
+           samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]) -> ProjectionFit:
+    """Ridge re-fit of ``proj`` on (inputs, targets, token weights, held-aside?) samples; keep it only if
+    held-aside error drops.
 
     Tokens are weighted by 1/σ of the dense norm input: the LayerNorm divides each token by
     its σ, so this matches the error the next layer sees, and a few large-norm tokens
@@ -164,8 +176,8 @@ def _refit(name: str, proj: nn.Linear, samples: list[tuple[torch.Tensor, torch.T
     width = proj.in_features + 1
     fit, held = (_Normal(torch.zeros(width, width, dtype=torch.float64),
                          torch.zeros(width, proj.out_features, dtype=torch.float64)) for _ in range(2))
-    for (inputs, targets, aside), dense_sum in zip(samples, dense_sums):
-        (held if aside else fit).add(inputs, targets, 1.0 / dense_sum.double().std(dim=-1, keepdim=True))
+    for inputs, targets, weight, aside in samples:
+        (held if aside else fit).add(inputs, targets, weight)
     current = torch.cat([proj.weight, proj.bias[:, None]], dim=1).double()
     before = held.error(current)
     best = (before, None, current)
@@ -247,8 +259,7 @@ def distill(teacher: nn.Module, student: nn.Module, batches: list[Batch], steps:
     Dropout stays off (eval mode) so the run is deterministic under ``seed``; the learning
     rate decays linearly to zero.
     """
-    if steps < 1:
-        raise PlanError(f"--distill-steps {steps} is not positive", "pass a step count such as 200")
+    _check_steps(steps)
     generator = torch.Generator().manual_seed(seed)
     order = itertools.chain.from_iterable(
         torch.randperm(len(batches), generator=generator).tolist() for _ in itertools.count())
