@@ -45,20 +45,25 @@ class Accumulation:
             raise PlanError(f"EMA decay {self.decay} is outside [0, 1)", "pass a decay such as 0.9")
 
     def fold(self, per_batch: Iterable[list[LayerScores]]) -> list[LayerScores]:
-        total: list[LayerScores] | None = None
+        flat = ([t for s in scores for t in (s.heads, s.neurons)] for scores in per_batch)
+        total = self.fold_tensors(flat)
+        return [LayerScores(total[i], total[i + 1]) for i in range(0, len(total), 2)]
+
+    def fold_tensors(self, per_batch: Iterable[list[torch.Tensor]]) -> list[torch.Tensor]:
+        """Fold per-batch score tensors (any list of tensors, the same shapes every batch)."""
+        total: list[torch.Tensor] | None = None
         count = 0
         for scores in per_batch:
             count += 1
             if total is None:
-                total = [LayerScores(s.heads.clone(), s.neurons.clone()) for s in scores]
+                total = [s.clone() for s in scores]
                 continue
             a, b = (1.0 - 1.0 / count, 1.0 / count) if self.mode == "sum" else (self.decay, 1.0 - self.decay)
             for acc, new in zip(total, scores):
-                acc.heads.mul_(a).add_(new.heads, alpha=b)
-                acc.neurons.mul_(a).add_(new.neurons, alpha=b)
+                acc.mul_(a).add_(new, alpha=b)
         if total is None:
             raise PlanError("this criterion needs calibration batches and got none",
-                            "pass calibration text, or use --criterion magnitude")
+                            "pass calibration data, or use a weight-only criterion such as magnitude")
         return total
 
 

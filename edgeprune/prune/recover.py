@@ -118,8 +118,7 @@ def least_squares(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, ba
     dense_calls = [_block_call(dense, dense_layers[0].block, batch) for batch in batches]
     pruned_calls = [_block_call(pruned, pruned_layers[0].block, batch) for batch in batches]
     tokens = [batch["attention_mask"].bool() for batch in batches]
-    held = [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 or (len(batches) < HOLDOUT_EVERY and i == len(batches) - 1)
-            for i in range(len(batches))]
+    held = held_aside(len(batches))
     fits = []
     for i, (d, p) in enumerate(zip(dense_layers, pruned_layers)):
         targets: list[dict[nn.Module, torch.Tensor]] = []
@@ -144,44 +143,48 @@ def least_squares(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, ba
 
 
 @dataclass
-class _Normal:
-    """Accumulated normal equations of one projection: G = XᵀX, C = XᵀT, t = ‖T‖², X with a ones column."""
+class Normal:
+    """Accumulated normal equations of one linear map: G = XᵀX, C = XᵀT, t = ‖T‖² (X with a ones column
+    when the map has a bias)."""
 
     gram: torch.Tensor
     cross: torch.Tensor
+    bias: bool = True
     energy: float = 0.0
 
-    def add(self, inputs: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> None:
-        x = torch.cat([inputs, torch.ones(len(inputs), 1, dtype=inputs.dtype)], dim=1).double() * weight
-        targets = targets.double() * weight
+    @classmethod
+    def empty(cls, in_features: int, out_features: int, bias: bool) -> Normal:
+        width = in_features + int(bias)
+        return cls(torch.zeros(width, width, dtype=torch.float64),
+                   torch.zeros(width, out_features, dtype=torch.float64), bias)
+
+    def add(self, inputs: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
+        x = inputs.double()
+        if self.bias:
+            x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        x, targets = x * weight, targets.double() * weight
         self.gram += x.T @ x
         self.cross += x.T @ targets
         self.energy += float(targets.pow(2).sum())
 
     def error(self, weight: torch.Tensor) -> float:
-        """‖XWᵀ − T‖² / ‖T‖² for an augmented weight W = [weight | bias], without the data."""
+        """‖XWᵀ − T‖² / ‖T‖² for an (augmented) weight W = [weight | bias], without the data."""
         residual = (weight @ self.gram * weight).sum() - 2 * (weight * self.cross.T).sum() + self.energy
         return float(residual) / max(self.energy, 1e-30)
 
 
-def _refit(name: str, proj: nn.Linear,
-           samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]) -> ProjectionFit:
-    """Ridge re-fit of ``proj`` on (inputs, targets, token weights, held-aside?) samples; keep it only if
-    held-aside error drops.
-
-    Tokens are weighted by 1/σ of the dense norm input: the LayerNorm divides each token by
-    its σ, so this matches the error the next layer sees, and a few large-norm tokens
-    cannot dominate the fit.
-    """
-    width = proj.in_features + 1
-    fit, held = (_Normal(torch.zeros(width, width, dtype=torch.float64),
-                         torch.zeros(width, proj.out_features, dtype=torch.float64)) for _ in range(2))
-    for inputs, targets, weight, aside in samples:
-        (held if aside else fit).add(inputs, targets, weight)
-    current = torch.cat([proj.weight, proj.bias[:, None]], dim=1).double()
+@torch.no_grad()
+def ridge_refit(layer: nn.Module, fit: Normal, held: Normal) -> tuple[float, float, float | None]:
+    """Re-fit ``layer`` (a linear map: ``nn.Linear`` or a 1×1 convolution) on ``fit``, ridge toward its
+    current weights with the strength that minimizes the ``held``-aside error; keep its weights when no
+    strength beats them. Returns (held-aside error before, after, chosen damping or None)."""
+    current = layer.weight.reshape(layer.weight.shape[0], -1).double()
+    if fit.bias:
+        current = torch.cat([current, layer.bias[:, None].double()], dim=1)
     before = held.error(current)
     best = (before, None, current)
-    scale = float(fit.gram.diagonal()[:-1].mean())
+    width = len(fit.gram)
+    scale = float(fit.gram.diagonal()[:width - int(fit.bias)].mean())
     eye = torch.eye(width, dtype=torch.float64)
     for damping in DAMPING_GRID:
         ridge = damping * scale
@@ -194,9 +197,32 @@ def _refit(name: str, proj: nn.Linear,
             best = (error, damping, weight)
     error, damping, weight = best
     if damping is not None:
-        proj.weight.copy_(weight[:, :-1].to(proj.weight.dtype))
-        proj.bias.copy_(weight[:, -1].to(proj.bias.dtype))
+        columns = layer.weight[0].numel()
+        layer.weight.copy_(weight[:, :columns].reshape(layer.weight.shape).to(layer.weight.dtype))
+        if fit.bias:
+            layer.bias.copy_(weight[:, -1].to(layer.bias.dtype))
+    return before, error, damping
+
+
+def _refit(name: str, proj: nn.Linear,
+           samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]) -> ProjectionFit:
+    """Ridge re-fit of ``proj`` on (inputs, targets, token weights, held-aside?) samples (see ``ridge_refit``).
+
+    Tokens are weighted by 1/σ of the dense norm input: the LayerNorm divides each token by
+    its σ, so this matches the error the next layer sees, and a few large-norm tokens
+    cannot dominate the fit.
+    """
+    fit, held = (Normal.empty(proj.in_features, proj.out_features, bias=True) for _ in range(2))
+    for inputs, targets, weight, aside in samples:
+        (held if aside else fit).add(inputs, targets, weight)
+    before, error, damping = ridge_refit(proj, fit, held)
     return ProjectionFit(name, before, error, damping)
+
+
+def held_aside(count: int) -> list[bool]:
+    """Which of ``count`` calibration batches are held aside: every HOLDOUT_EVERY-th, or the last when fewer."""
+    return [i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 or (count < HOLDOUT_EVERY and i == count - 1)
+            for i in range(count)]
 
 
 Call = tuple[tuple[object, ...], dict[str, object]]
