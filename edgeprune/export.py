@@ -61,6 +61,45 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, texts
                         task=loaded.task)
 
 
+def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.Tensor, *,
+                  atol: float = DEFAULT_ATOL, opset: int = 17) -> ExportResult:
+    """Export a tensor-in, tensor-out ``nn.Module`` (a CNN, an encoder) with a dynamic batch axis,
+    checked against PyTorch on ``inputs`` (real images, not noise: parity on noise proves little).
+
+    Raises ``ExportError`` (and writes nothing) when outputs differ by more than ``atol`` ×
+    max(1, largest |output|).
+    """
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise ExportError(f"'{out_path}' already exists", "choose a new file name; edgeprune never overwrites")
+    module = module.eval()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        with quiet(), torch.no_grad():
+            torch.onnx.export(module, (inputs[:1],), str(partial), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+        with torch.no_grad():
+            expected = module(inputs)
+        expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
+        sess = runtime.session(partial)
+        actual = sess.run(None, {sess.get_inputs()[0].name: inputs.numpy()})[0]
+        diff, scale = float(np.abs(actual - expected).max()), float(np.abs(expected).max())
+        if not diff <= atol * max(1.0, scale):
+            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
+                              f"largest output {scale:.3g}))", "report this model; try another opset")
+        partial.replace(out_path)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
+                          "check that the model runs in PyTorch on these inputs") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportResult(onnx_path=out_path, max_abs_diff=diff, parity_texts=len(inputs), task="tensor")
+
+
 def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> tuple[float, float]:
     """Max abs difference between PyTorch and ONNX first outputs and the largest |PyTorch output|, padding excluded."""
     arrays = tokenize(loaded.tokenizer, texts)
