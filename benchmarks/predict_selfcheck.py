@@ -1,8 +1,9 @@
 """How well the cost model predicts this host: 1 thread from 2, 2 from 1, int8 from fp32, fp32 from int8.
 
 Builds a zoo of ONNX models (all-MiniLM-L6-v2 dense and pruned; a BERT-base-size and a
-MobileBERT-size encoder and a ViT built from transformers configs; a small ResNet-style CNN
-and a depthwise MobileNet-style CNN; each fp32 and dynamic int8), measures every one at 1
+MobileBERT-size encoder and a ViT built from transformers configs; a small ResNet-style CNN,
+a depthwise MobileNet-style CNN and EfficientNet-Lite0 with its ImageNet weights; each fp32
+and dynamic int8), measures every one at 1
 and 2 threads (batch 1, seq 128 or 224×224), profiles its operators, and predicts each
 measured figure from the others through the cost model alone. Prints prediction vs
 measurement per model, the share within ±10% and ±20% (target: ≥90% within ±10%), and the
@@ -27,6 +28,7 @@ from edgeprune import evaluate
 from edgeprune.export import export
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model
+from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.profile import compare_latency
 from edgeprune.profile.devices import detect_host
 from edgeprune.profile.memory import measure_peak_memory
@@ -96,7 +98,7 @@ def image_models(work: Path) -> dict[str, Path]:
                    add_pooling_layer=False).eval()
     paths = {}
     for name, model in (("vit-small", vit), ("resnet-small", SmallResNet().eval()),
-                        ("mobilenet-ish", MobileNetish().eval())):
+                        ("mobilenet-ish", MobileNetish().eval()), ("efficientnet-lite0", efficientnet_lite0())):
         path = work / f"{name}.onnx"
         with torch.no_grad():
             torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(path), input_names=["pixel_values"],
