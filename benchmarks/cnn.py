@@ -67,7 +67,7 @@ def efficientnet_table(work: Path) -> list[dict]:
     example = images[:1]
     host = detect_host()
     multiple, scheme = channel_multiple(host.cpu.isa), int8_scheme(host)
-    quant_inputs = [b.numpy() for b in data.images[calibration_mask].split(1)]
+    quant_inputs = [{"input": b.numpy()} for b in data.images[calibration_mask].split(1)]
     print(f"EfficientNet-Lite0: {sum(len(b) for b in calibration)} calibration / {len(labels)} evaluation images; "
           f"channel multiple {multiple} ({', '.join(host.cpu.isa)}); int8: {scheme.reason}")
 

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import torch
+from torch import nn
 
 from edgeprune import runtime
+from edgeprune.export import export_module
 from edgeprune.profile.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
 from edgeprune.quantize import int8_scheme, quantize
 
@@ -43,3 +47,43 @@ def test_quantized_model_runs_and_is_smaller(tiny_onnx, tmp_path) -> None:
     assert cos.mean() > 0.95
     if result.chosen != "fp32":
         assert result.size_after_mb < result.size_before_mb
+
+
+def _cnn_onnx(path) -> tuple:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, stride=2, padding=1),
+                          nn.ReLU(), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(64, 10)).eval()
+    images = torch.rand(16, 3, 64, 64)
+    onnx_path = export_module(model, path / "model.onnx", images[:4]).onnx_path
+    return onnx_path, [{"input": b.numpy()} for b in images.split(4)]
+
+
+def test_slower_int8_form_is_never_chosen(tmp_path) -> None:
+    """Dynamic int8 turns convolutions into ConvInteger, far slower than fp32 Conv on x86: a planted slow
+    candidate. Static QDQ int8 is calibrated on the given inputs and competes with it."""
+    onnx_path, feeds = _cnn_onnx(tmp_path / "cnn")
+    result = quantize(onnx_path, tmp_path / "int8", "host", rounds=2, runs=10, calibration=feeds)
+    assert result.p50_ms["int8"] > result.p50_ms["fp32"]  # the plant is slower
+    assert result.chosen != "int8" and any(note.startswith("int8 not used") for note in result.notes)
+    assert result.chosen == min(result.p50_ms, key=result.p50_ms.get)
+    assert result.p50_ms[result.chosen] <= result.p50_ms["fp32"]
+    assert "int8-static" in result.p50_ms and result.fidelity["int8-static"] > 0.98
+    if result.chosen == "int8-static":
+        ops = {node.op_type for node in onnx.load(str(result.onnx_path)).graph.node}
+        assert "QuantizeLinear" in ops
+
+
+def test_candidate_that_loses_quality_is_rejected(tmp_path) -> None:
+    """Static int8 calibrated on inputs 1000x too small clips every real activation: it must not ship."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.ReLU(),
+                          nn.Conv2d(16, 16, 3, padding=1, bias=False)).eval()
+    images = torch.randn(16, 3, 32, 32)
+    onnx_path = export_module(model, tmp_path / "cnn" / "model.onnx", images[:4]).onnx_path
+    feeds = [{"input": b.numpy()} for b in images.split(4)]
+    tiny = [{"input": feed["input"] * 1e-3} for feed in feeds]
+    result = quantize(onnx_path, tmp_path / "int8", "host", rounds=1, runs=3, calibration=tiny, check=feeds)
+    assert result.fidelity["int8-static"] < 0.9 < result.fidelity["int8"]
+    assert "int8-static" not in result.p50_ms and result.chosen != "int8-static"
+    assert any(note.startswith("int8-static rejected: output cosine") for note in result.notes)

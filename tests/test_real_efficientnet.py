@@ -55,7 +55,8 @@ def test_pruned_efficientnet_exports_quantizes_and_agrees(efficientnet, sample, 
         agreement = float((pruned(held).argmax(1) == dense).float().mean())
     assert agreement >= 0.75
     scheme = Int8Scheme("int8", "uint8", False, True, "test")
-    int8 = static_int8(fp32, tmp_path / "pruned.int8.onnx", scheme, [b.numpy() for b in images[:16].split(4)])
+    feeds = [{"input": b.numpy()} for b in images[:16].split(4)]
+    int8 = static_int8(fp32, tmp_path / "pruned.int8.onnx", scheme, feeds)
     sess = runtime.session(int8)
     ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
