@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/edgeprune optimize || { test $$? -eq 1 && echo "demo: completed; the budget verdict was FAIL (see the table)"; }
 
-test: $(STAMP)
+# The HTML report's browser test renders it in Debian's headless Chromium (installed once, as root).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/ruff check edgeprune tests benchmarks
 	$(VENV)/bin/pytest -q
 

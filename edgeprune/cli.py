@@ -122,9 +122,13 @@ def optimize(
     calibration: Calibration = None,
     recover: Recover = DEFAULT_RECOVERY,
     distill_steps: DistillSteps = None,
-    latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms) at --percentile.")] = None,
+    latency_ms: Annotated[float | None, typer.Option(
+        help="Latency budget (ms) at --percentile. Without a pruning target, search for the least pruning that "
+             "meets it.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
     min_speedup: Annotated[float, typer.Option(help="Without --latency-ms: required speedup over dense fp32.")] = 2.0,
+    max_quality_drop: Annotated[float | None, typer.Option(
+        help="Search: most quality a candidate may lose (STS-B points with --stsb, else 1 - cosine).")] = None,
     percentile: Percentile = "p90",
     threads: ThreadsOpt = None,
     seq_len: SeqOpt = 128,
@@ -143,7 +147,7 @@ def optimize(
                                 distill_steps=distill_steps, latency_ms=latency_ms,
                                 memory_mb=memory_mb, min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
-                                stsb=str(stsb) if stsb else None, seed=seed)
+                                stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop, seed=seed)
     with _progress() as stage:
         result = run_pipeline(settings, out_dir, stage=stage)
     out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
@@ -163,8 +167,11 @@ def optimize(
               f"({stages['prune']['kept_macs_fraction']:.0%} of encoder MACs); quantized form: "
               f"{stages['quantize']['chosen']}; {result.rows[0].measurement.threads} thread(s), "
               f"batch {settings.batch}, seq {seq_len}")
+    if "search" in stages:
+        out.print(f"search: {stages['search']['advice']}", highlight=False, soft_wrap=True)
     _print_verdicts(result.verdicts)
-    out.print(f"run directory: {result.out_dir}  (run.json, {result.manifest['wall_seconds']} s)")
+    out.print(f"run directory: {result.out_dir}  (run.json, report.html, report.md, report.json; "
+              f"{result.manifest['wall_seconds']} s)")
     raise typer.Exit(0 if result.passed else EXIT_FAIL)
 
 
@@ -295,6 +302,7 @@ def check_command(
     runs: RunsOpt = 100,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write verdicts + measurement as JSON.")] = None,
     junit_out: Annotated[Path | None, typer.Option("--junit", help="Write verdicts as JUnit XML.")] = None,
+    markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write verdicts as a Markdown table.")] = None,
 ) -> None:
     """Pass/fail against a latency and/or memory budget: exit 0 within, 1 over or uncertain, 2 on bad input.
 
@@ -313,6 +321,12 @@ def check_command(
                            "measurement": result.to_dict()})
     if junit_out is not None:
         atomic_write_text(junit_out, junit_xml(lines))
+    if markdown_out is not None:
+        from edgeprune.report.markdown import verdict_table
+
+        status = "PASS" if passed(lines) else "FAIL"
+        table = "\n".join(verdict_table([v.to_dict() for v in lines]))
+        atomic_write_text(markdown_out, f"### edgeprune check: {status} — `{model.name}`\n\n{table}\n")
     raise typer.Exit(0 if passed(lines) else EXIT_FAIL)
 
 

@@ -7,6 +7,8 @@ hashes, settings, versions, figures, verdicts), so a run can be compared and rep
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,11 +20,12 @@ from edgeprune import evaluate
 from edgeprune.check import Budget, Verdict, passed, verdicts
 from edgeprune.data import sample_sentences
 from edgeprune.errors import ProfileError
-from edgeprune.export import export
+from edgeprune.export import ExportResult, export
 from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.profile import Measurement, compare_latency, load_profile
 from edgeprune.profile.memory import measure_peak_memory
+from edgeprune.profile.operators import profile_operators
 from edgeprune.provenance import host_fingerprint, versions
 from edgeprune.prune import kept_macs_fraction
 from edgeprune.prune.loaded import (
@@ -33,7 +36,10 @@ from edgeprune.prune.loaded import (
     DEFAULT_RECOVERY,
     prune_loaded,
 )
-from edgeprune.quantize import quantize
+from edgeprune.quantize import QuantizeResult, quantize
+from edgeprune.report import write_reports
+from edgeprune.report.build import report_from
+from edgeprune.search import SearchResult, search
 
 DEFAULT_OUT = Path("edgeprune-out")
 DEFAULT_KEEP_FLOPS = 2 / 3
@@ -76,7 +82,14 @@ class OptimizeSettings:
     seq_len: int = 128
     runs: int = 100
     stsb: str | None = None
+    max_quality_drop: float | None = None
+    """With a searched budget: the most quality a candidate may lose (STS-B points with --stsb, else 1 − cosine)."""
     seed: int = 0
+
+    def searches(self) -> bool:
+        """A latency budget without a fixed pruning target: search for the setting that meets it."""
+        return self.latency_ms is not None and self.keep_flops is None and self.heads_ratio is None \
+            and self.ffn_ratio is None
 
     def pruning_target(self) -> dict[str, float | None]:
         if self.keep_flops is None and self.heads_ratio is None and self.ffn_ratio is None:
@@ -131,28 +144,38 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     with staged_dir(out_dir, inputs=[dense.path]) as tmp:
         with stage("Exporting the dense baseline to ONNX"):
             dense_export = export(dense, tmp / "dense-onnx")
-        recovering = "" if settings.recover == "none" else f" and recovering ({settings.recover})"
-        with stage(f"Pruning heads and FFN neurons{recovering}") as tick:
-            t0 = time.perf_counter()
-            pruned = prune_loaded(dense, **settings.pruning_target(), criterion=settings.criterion,
-                                  allocation=settings.allocation, accumulate=settings.accumulate,
-                                  ema_decay=settings.ema_decay, calibration=settings.calibration,
-                                  recover=settings.recover, distill_steps=settings.distill_steps, seed=settings.seed,
-                                  tick=tick)
-            save_pruned(pruned, tmp / "pruned")
-            plan = pruned.plan
-            figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,
-                                "kept_neurons": plan.kept_neurons, "recovery": plan.recovery,
-                                "kept_macs_fraction": round(kept_macs_fraction(pruned.model, plan.dense,
-                                                                               settings.seq_len), 4)}
-        with stage("Exporting the pruned model to ONNX (parity-checked)"):
-            pruned_export = export(pruned, tmp / "onnx")
-            figures["export"] = {"max_abs_diff_dense": dense_export.max_abs_diff,
-                                 "max_abs_diff_pruned": pruned_export.max_abs_diff,
-                                 "parity_texts": pruned_export.parity_texts}
-        with stage("Quantizing to int8 (timing candidates)"):
-            quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len)
-            figures["quantize"] = {**quant.to_dict(), "onnx_path": str(quant.onnx_path.relative_to(tmp))}
+        t0 = time.perf_counter()
+        if settings.searches():
+            with stage(f"Searching for the best model within {settings.latency_ms:g} ms {settings.percentile}"):
+                found = search(dense, settings.latency_ms, tmp / "search", dense_onnx=dense_export.onnx_path,
+                               percentile=settings.percentile, threads=threads, seq_len=settings.seq_len,
+                               criterion=settings.criterion, recover=settings.recover,
+                               calibration=settings.calibration, stsb=settings.stsb,
+                               max_quality_drop=settings.max_quality_drop, runs=settings.runs, seed=settings.seed)
+                pruned, pruned_export, quant = _adopt(found, tmp)
+                figures["search"] = found.to_dict()
+        else:
+            recovering = "" if settings.recover == "none" else f" and recovering ({settings.recover})"
+            with stage(f"Pruning heads and FFN neurons{recovering}") as tick:
+                pruned = prune_loaded(dense, **settings.pruning_target(), criterion=settings.criterion,
+                                      allocation=settings.allocation, accumulate=settings.accumulate,
+                                      ema_decay=settings.ema_decay, calibration=settings.calibration,
+                                      recover=settings.recover, distill_steps=settings.distill_steps,
+                                      seed=settings.seed, tick=tick)
+            with stage("Exporting the pruned model to ONNX (parity-checked)"):
+                pruned_export = export(pruned, tmp / "onnx")
+            with stage("Quantizing to int8 (timing candidates)"):
+                quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len)
+        save_pruned(pruned, tmp / "pruned")
+        plan = pruned.plan
+        figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,
+                            "kept_neurons": plan.kept_neurons, "recovery": plan.recovery,
+                            "kept_macs_fraction": round(kept_macs_fraction(pruned.model, plan.dense,
+                                                                           settings.seq_len), 4)}
+        figures["export"] = {"max_abs_diff_dense": dense_export.max_abs_diff,
+                             "max_abs_diff_pruned": pruned_export.max_abs_diff,
+                             "parity_texts": pruned_export.parity_texts}
+        figures["quantize"] = {**quant.to_dict(), "onnx_path": str(quant.onnx_path.relative_to(tmp))}
         models = {"dense fp32": dense_export.onnx_path, "pruned fp32": pruned_export.onnx_path,
                   f"pruned {quant.chosen}": quant.onnx_path}
         with stage(f"Profiling {len(models)} models side by side ({threads} thread(s))"):
@@ -161,10 +184,34 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
             rows = _rows(dense, models, measurements, settings)
         budget = _budget(settings, measurements["dense fp32"])
         lines = verdicts(rows[-1].measurement, budget)
-        manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,
-                             time.perf_counter() - started)
-        atomic_write_json(tmp / "run.json", manifest)
+        with stage("Profiling operators and writing the report"):
+            figures["op_time_ms"] = _op_times(dense_export.onnx_path, quant.onnx_path, settings.seq_len)
+            manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,
+                                 time.perf_counter() - started)
+            atomic_write_json(tmp / "run.json", manifest)
+            write_reports(tmp, report_from(manifest, plan))
     return RunResult(out_dir=out_dir, rows=rows, verdicts=lines, manifest=manifest)
+
+
+def _adopt(found: SearchResult, run_dir: Path) -> tuple[LoadedModel, ExportResult, QuantizeResult]:
+    """Move the kept search candidate's export and int8 model to the run directory's usual places."""
+    built = found.build
+    shutil.move(built.exported.onnx_path.parent, run_dir / "onnx")
+    shutil.move(built.quantized.onnx_path.parent, run_dir / "int8")
+    shutil.rmtree(run_dir / "search")
+    exported = dataclasses.replace(built.exported, onnx_path=run_dir / "onnx" / built.exported.onnx_path.name)
+    quantized = dataclasses.replace(built.quantized, onnx_path=run_dir / "int8" / built.quantized.onnx_path.name)
+    return built.pruned, exported, quantized
+
+
+def _op_times(before: Path, after: Path, seq_len: int) -> dict[str, dict[str, float]]:
+    """Summed kernel time per operator type (ms, one thread) of the dense fp32 and the shipped model."""
+    times: dict[str, dict[str, float]] = {}
+    for label, path in (("before", before), ("after", after)):
+        for op in profile_operators(path, threads=1, seq_len=seq_len, runs=10).ops:
+            slot = times.setdefault(op.op_type, {"before": 0.0, "after": 0.0})
+            slot[label] = round(slot[label] + op.ms, 4)
+    return times
 
 
 def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads: int,

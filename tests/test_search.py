@@ -1,0 +1,98 @@
+"""Budgeted search and the run reports: piecewise-linear table, Pareto front, impossible budgets, HTML in a browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from edgeprune.cli import app
+from edgeprune.report import Report
+from edgeprune.search import Candidate, mark_pareto, predicted_keep
+
+runner = CliRunner()
+FAST = ["--threads", "1", "--runs", "12", "--seq-len", "32", "--recover", "none", "--criterion", "magnitude"]
+
+
+@given(st.lists(st.floats(0.5, 50.0), min_size=2, max_size=6), st.floats(0.1, 60.0))
+def test_predicted_keep_meets_the_interpolated_budget(latencies, budget) -> None:
+    keeps = np.linspace(1.0, 0.4, len(latencies))
+    table = list(zip(keeps, sorted(latencies, reverse=True)))  # less kept, faster
+    keep = predicted_keep(table, budget)
+    if min(latencies) > budget:
+        assert keep is None
+        return
+    points = sorted(table)
+
+    def latency(k: float) -> float:
+        return float(np.interp(k, [k for k, _ in points], [ms for _, ms in points]))
+
+    assert latency(keep) <= budget + 1e-9
+    step = (1.0 - 0.4) / 240
+    assert keep >= 1.0 - 1e-9 or latency(keep + step) > budget  # the largest fraction that fits
+
+
+def test_pareto_front() -> None:
+    a, b, c = (Candidate(1.0, "int8", 10.0, 0.99), Candidate(0.7, "int8", 7.0, 0.97),
+               Candidate(0.6, "int8", 8.0, 0.95))  # c is slower and worse than b
+    mark_pareto([a, b, c])
+    assert (a.pareto, b.pareto, c.pareto) == (True, True, False)
+
+
+@pytest.fixture(scope="module")
+def impossible_run(tmp_path_factory, tiny_bert_dir) -> tuple[object, Path]:
+    out = tmp_path_factory.mktemp("search") / "run"
+    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--latency-ms", "0.0001", *FAST])
+    return result, out
+
+
+def test_impossible_budget_exits_1_and_still_writes_the_report(impossible_run) -> None:
+    result, out = impossible_run
+    assert result.exit_code == 1, result.output
+    assert "out of reach" in result.stdout and "FAIL" in result.stdout
+    report = Report.model_validate_json((out / "report.json").read_text())  # validates against the schema
+    assert not report.passed and report.search is not None and not report.search.passed
+    built = [c for c in report.search.candidates if not c.table]
+    assert len(built) == 1 and built[0].keep_flops == pytest.approx(0.4)
+    assert built[0].verdict.startswith("misses the budget")
+    assert sorted(c.keep_flops for c in report.search.candidates if c.table) == [0.4, 0.55, 0.7, 0.85, 1.0]
+    assert (out / "int8" / "model.onnx").is_file() and not (out / "search").exists()
+    schema = json.loads((out / "report.schema.json").read_text())
+    assert set(schema["required"]) >= {"verdicts", "models", "passed"}
+    assert "# edgeprune: FAIL" in (out / "report.md").read_text()
+
+
+def test_search_chooses_the_least_pruning_that_meets_the_budget(tiny_bert_dir, tmp_path) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--latency-ms", "1000", *FAST])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "run.json").read_text())
+    search = manifest["stages"]["search"]
+    assert search["passed"] and search["chosen_keep_flops"] == 1.0
+    assert manifest["stages"]["prune"]["kept_macs_fraction"] == 1.0
+    assert [c["verdict"] for c in search["candidates"] if not c["table"]] == ["chosen"]
+
+
+def test_html_report_renders_in_chromium(impossible_run, tmp_path) -> None:
+    from PIL import Image
+
+    _, out = impossible_run
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    page = (out / "report.html").resolve().as_uri()
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,2400"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert dom.count("<figure data-plot=") == 3 and dom.count("<svg") >= 3
+    assert "<table id=\"verdicts\">" in dom and "FAIL" in dom
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", page], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape[0] >= 1000 and pixels.std() > 10  # drawn, not a blank page
