@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -28,9 +32,11 @@ def test_check_exit_codes_and_reports(tiny_onnx, tmp_path) -> None:
     assert 'failures="0"' in (tmp_path / "ok.xml").read_text()
 
     over = runner.invoke(app, ["check", str(tiny_onnx), "--latency-ms", "0.0001", "--percentile", "p50",
-                               "--junit", str(tmp_path / "over.xml"), *FAST])
+                               "--junit", str(tmp_path / "over.xml"), "--markdown", str(tmp_path / "over.md"), *FAST])
     assert over.exit_code == 1, over.output
     assert "FAIL" in over.stdout and 'failures="1"' in (tmp_path / "over.xml").read_text()
+    summary = (tmp_path / "over.md").read_text()
+    assert summary.startswith("### edgeprune check: FAIL") and "| host | latency_p50 | 0.0001 ms |" in summary
 
 
 @pytest.mark.parametrize("args, cause", [
@@ -196,3 +202,17 @@ def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path,
     assert "is the input profile" in _one_clear_error(same) and source.read_text() == before
     bad = runner.invoke(app, ["calibrate", "rpi5", "--measure", f"{tiny_onnx}", "--out", str(tmp_path / "x.yaml")])
     assert "is not MODEL.onnx=LATENCY_MS" in _one_clear_error(bad)
+
+
+def test_ci_example_script_fails_the_build_over_budget(tiny_onnx, tmp_path) -> None:
+    script = Path(__file__).resolve().parents[1] / "examples" / "ci" / "check-budgets.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "EDGEPRUNE_REPORTS": str(tmp_path / "reports"), "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    over = subprocess.run(["bash", str(script), str(tiny_onnx), "0.0001", "host"], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert over.returncode == 1, over.stdout + over.stderr
+    assert 'failures="1"' in (tmp_path / "reports" / "host.xml").read_text()
+    assert "FAIL" in (tmp_path / "summary.md").read_text()
+    within = subprocess.run(["bash", str(script), str(tiny_onnx), "10000", "host"], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert within.returncode == 0, within.stdout + within.stderr

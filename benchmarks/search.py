@@ -1,0 +1,91 @@
+"""Budgeted search on all-MiniLM-L6-v2: `edgeprune optimize --latency-ms X` for budgets of 70%, 50%, 40% and
+30% of the dense fp32 p90 latency on this host (1 thread, batch 1, seq 128), next to the best fixed settings
+for the same budget: int8 only, and uniform pruning to optimize's default 2/3 of the MACs + int8.
+
+Prints per budget: the chosen configuration, its measured p90 latency, STS-B dev Spearman, and the wall time of
+the whole optimize run (search, measurement, report); then the 40% budget at 2 threads. Every optimize run is
+the CLI's own pipeline (`edgeprune.optimize`).
+
+    python benchmarks/search.py [--budgets 0.7 0.5 0.4 0.3] [--json search.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from edgeprune import evaluate
+from edgeprune.export import export
+from edgeprune.models.loading import load_model
+from edgeprune.pipeline import OptimizeSettings, optimize
+from edgeprune.profile import compare_latency
+from edgeprune.prune.loaded import prune_loaded
+from edgeprune.quantize import quantize
+
+STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
+FIXED_KEEP = 2 / 3
+
+
+def fixed_settings(work: Path, threads: int) -> dict[str, dict]:
+    """Dense fp32 and the two fixed settings, measured side by side: p90 ms and STS-B."""
+    dense = load_model(None)
+    dense_onnx = export(dense, work / "dense").onnx_path
+    int8 = quantize(dense_onnx, work / "dense-int8").onnx_path
+    pruned = prune_loaded(dense, keep_flops=FIXED_KEEP)
+    pruned_int8 = quantize(export(pruned, work / "pruned").onnx_path, work / "pruned-int8").onnx_path
+    paths = {"dense fp32": dense_onnx, "int8 only": int8, f"uniform keep {FIXED_KEEP:.2f} + int8": pruned_int8}
+    stats = compare_latency(list(paths.values()), threads, rounds=4, runs=25)
+    return {name: {"p90_ms": s.p90,
+                   "stsb": evaluate.stsb_spearman(evaluate.onnx_encoder(path, dense.tokenizer, dense.pooling), STSB)}
+            for (name, path), s in zip(paths.items(), stats)}
+
+
+def searched(work: Path, budget: float, threads: int) -> dict:
+    started = time.perf_counter()
+    result = optimize(OptimizeSettings(latency_ms=budget, threads=threads, stsb=str(STSB), runs=100),
+                      work / f"run-{threads}t-{budget:.3f}")
+    seconds = time.perf_counter() - started
+    search = result.manifest["stages"]["search"]
+    shipped = result.rows[-1]
+    return {"passed": result.passed, "keep_flops": search["chosen_keep_flops"],
+            "precision": result.manifest["stages"]["quantize"]["chosen"],
+            "kept_macs": result.manifest["stages"]["prune"]["kept_macs_fraction"],
+            "p90_ms": shipped.measurement.latency.p90, "stsb": shipped.stsb_spearman, "seconds": seconds,
+            "builds": sum(not c["table"] for c in search["candidates"]), "advice": search["advice"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.7, 0.5, 0.4, 0.3])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for threads in (1, 2):
+            fixed = fixed_settings(work / f"fixed-{threads}t", threads)
+            dense_ms = fixed["dense fp32"]["p90_ms"]
+            budgets = args.budgets if threads == 1 else [0.4]
+            print(f"\n{threads} thread(s): dense fp32 p90 {dense_ms:.2f} ms, STS-B {fixed['dense fp32']['stsb']:.2f}")
+            print("| budget | setting | p90 ms | meets | STS-B | wall s |")
+            print("|---|---|---|---|---|---|")
+            for fraction in budgets:
+                budget = fraction * dense_ms
+                found = searched(work, budget, threads)
+                results[f"{threads}t-{fraction}"] = {"budget_ms": budget, "search": found, "fixed": fixed}
+                print(f"| {fraction:.0%} = {budget:.2f} ms | search: keep {found['keep_flops']} {found['precision']} "
+                      f"({found['builds']} built) | {found['p90_ms']:.2f} | {'yes' if found['passed'] else 'NO'} "
+                      f"| {found['stsb']:.2f} | {found['seconds']:.0f} |")
+                for name, figures in fixed.items():
+                    if name != "dense fp32":
+                        meets = "yes" if figures["p90_ms"] <= budget else "no"
+                        print(f"| | {name} | {figures['p90_ms']:.2f} | {meets} | {figures['stsb']:.2f} | |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
