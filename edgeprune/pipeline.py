@@ -19,11 +19,10 @@ from typing import Any
 from edgeprune import evaluate
 from edgeprune.check import Budget, Verdict, passed, verdicts
 from edgeprune.data import sample_sentences
-from edgeprune.errors import ProfileError
 from edgeprune.export import ExportResult, export
 from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
-from edgeprune.profile import Measurement, compare_latency, load_profile
+from edgeprune.profile import Measurement, compare_latency, estimate, load_profile
 from edgeprune.profile.memory import measure_peak_memory
 from edgeprune.profile.operators import profile_operators
 from edgeprune.provenance import host_fingerprint, versions
@@ -133,10 +132,8 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     stage = stage or _silent
     started = time.perf_counter()
     device = load_profile(settings.profile)
-    if not device.is_host:
-        raise ProfileError(f"optimize measures on this host and cannot target '{device.name}' yet",
-                           "use --profile host")
-    threads = settings.threads or device.runtime.threads
+    # Another device is predicted from one-thread measurements here; its own thread count is the prediction's.
+    threads = settings.threads or (device.runtime.threads if device.is_host else 1)
     with stage("Loading model"):
         dense = load_model(settings.model)
     out_dir = Path(out_dir)
@@ -151,7 +148,8 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                                percentile=settings.percentile, threads=threads, seq_len=settings.seq_len,
                                criterion=settings.criterion, recover=settings.recover,
                                calibration=settings.calibration, stsb=settings.stsb,
-                               max_quality_drop=settings.max_quality_drop, runs=settings.runs, seed=settings.seed)
+                               max_quality_drop=settings.max_quality_drop, runs=settings.runs, device=device,
+                               seed=settings.seed)
                 pruned, pruned_export, quant = _adopt(found, tmp)
                 figures["search"] = found.to_dict()
         else:
@@ -182,8 +180,19 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
             measurements = _measure(models, tmp, device.name, threads, settings)
         with stage("Measuring quality"):
             rows = _rows(dense, models, measurements, settings)
-        budget = _budget(settings, measurements["dense fp32"])
-        lines = verdicts(rows[-1].measurement, budget)
+        if device.is_host:
+            budget = _budget(settings, measurements["dense fp32"].latency.percentile(settings.percentile))
+            lines = verdicts(rows[-1].measurement, budget)
+        else:
+            with stage(f"Predicting the shipped model on {device.name}"):
+                dense_ms = None if settings.latency_ms is not None else estimate(
+                    dense_export.onnx_path, device, seq_len=settings.seq_len, memory=False).latency(
+                    settings.percentile)[0]
+                budget = _budget(settings, dense_ms)
+                predicted = estimate(quant.onnx_path, device, seq_len=settings.seq_len,
+                                     memory=settings.memory_mb is not None)
+                lines = verdicts(predicted, budget)
+                figures["prediction"] = predicted.to_dict()
         with stage("Profiling operators and writing the report"):
             figures["op_time_ms"] = _op_times(dense_export.onnx_path, quant.onnx_path, settings.seq_len)
             manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,
@@ -245,10 +254,11 @@ def _rows(dense: LoadedModel, models: dict[str, Path], measurements: dict[str, M
     return rows
 
 
-def _budget(settings: OptimizeSettings, dense: Measurement) -> Budget:
+def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:
+    """The user's budget, or the dense fp32 latency (on the target, at the percentile) / --min-speedup."""
     latency = settings.latency_ms
     if latency is None and settings.memory_mb is None:
-        latency = dense.latency.percentile(settings.percentile) / settings.min_speedup
+        latency = dense_ms / settings.min_speedup
     return Budget(latency_ms=latency, memory_mb=settings.memory_mb, percentile=settings.percentile)
 
 

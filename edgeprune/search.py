@@ -1,4 +1,4 @@
-"""Budgeted search: the least-pruned — hence best-quality — model that meets a latency budget on this host.
+"""Budgeted search: the least-pruned — hence best-quality — model that meets a latency budget on a target.
 
 Latency is piecewise linear in the kept heads and neurons, with flat stretches where pruning
 saves nothing (Kwon et al. 2022). So the search first measures a small latency table: the
@@ -7,7 +7,9 @@ recovery changes weights, not shapes), each in dynamic int8, timed side by side 
 fp32 model. Interpolating the table gives the largest fraction predicted to meet the budget;
 that candidate is then built for real (pruning with recovery, export, the never-slower
 quantization) and measured, stepping down the table until a measured candidate meets the
-budget. Every candidate's quality is cosine fidelity to the dense model on the built-in
+budget. On this host latencies are measured; on any other device profile each is predicted
+from a host measurement by the cost model (``profile.estimate``) and carries its error band.
+Every candidate's quality is cosine fidelity to the dense model on the built-in
 sentences (or STS-B when a file is given); the result keeps them all, marks the Pareto front
 of latency vs quality, and says why each was not chosen.
 """
@@ -28,7 +30,8 @@ from edgeprune.errors import EdgepruneError
 from edgeprune.export import ExportResult, export
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel
-from edgeprune.profile.devices import load_profile
+from edgeprune.profile import estimate
+from edgeprune.profile.devices import DeviceProfile, load_profile
 from edgeprune.profile.measure import compare_latency
 from edgeprune.prune import Accumulation, apply_plan, make_plan, score
 from edgeprune.prune.calibration import batches_for
@@ -46,7 +49,7 @@ class Candidate:
     keep_flops: float
     precision: str
     latency_ms: float
-    """At the budget's percentile, one measurement run."""
+    """At the budget's percentile: measured on this host, predicted on another device."""
     fidelity: float
     stsb: float | None = None
     meets_budget: bool = False
@@ -55,6 +58,9 @@ class Candidate:
     """``chosen``, or why this candidate was not."""
     table: bool = False
     """A latency-table point (uniform pruning, no recovery, dynamic int8): measured, never shipped."""
+    low_ms: float | None = None
+    """Predicted band (other devices only)."""
+    high_ms: float | None = None
 
 
 @dataclass
@@ -70,6 +76,8 @@ class Built:
 class SearchResult:
     budget_ms: float
     percentile: str
+    device: str
+    predicted: bool
     threads: int
     dense_fp32_ms: float
     table: list[dict[str, float]]
@@ -98,7 +106,7 @@ def predicted_keep(table: list[tuple[float, float]], budget_ms: float) -> float 
     if latencies[0] > budget_ms:
         return None
     fine = np.linspace(keeps[0], keeps[-1], 241)
-    meeting = fine[np.interp(fine, keeps, latencies) <= budget_ms]
+    meeting = fine[np.interp(fine, keeps, latencies) <= budget_ms * (1 + 1e-9)]  # grid points hit exactly
     return float(meeting.max())
 
 
@@ -114,7 +122,7 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
            threads: int = 1, seq_len: int = 128, grid: tuple[float, ...] = GRID, criterion: str = DEFAULT_CRITERION,
            recover: str = DEFAULT_RECOVERY, calibration: Path | str | None = None, stsb: Path | str | None = None,
            max_quality_drop: float | None = None, dense_onnx: Path | None = None, runs: int = 40,
-           seed: int = 0) -> SearchResult:
+           device: DeviceProfile | str = "host", seed: int = 0) -> SearchResult:
     """Find the best-quality pruned + quantized ``dense`` meeting ``budget_ms`` at ``percentile`` on this host.
 
     ``work`` (a new directory) receives every candidate (``dense_onnx``: an export of ``dense``
@@ -128,9 +136,10 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     if not grid or any(not 0 < k <= 1 for k in grid):
         raise EdgepruneError("the search grid must hold kept fractions in (0, 1]", "e.g. 1.0 0.85 0.7 0.55 0.4")
     started = time.perf_counter()
+    device = device if isinstance(device, DeviceProfile) else load_profile(device)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=False)
-    scheme = int8_scheme(load_profile("host"))
+    scheme = int8_scheme(device)
     texts = sample_sentences()
     reference = evaluate.torch_encoder(dense)(texts)
 
@@ -144,16 +153,25 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         shaped = LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
         onnx_path = export(shaped, work / f"table-{keep:.3f}").onnx_path
         table_paths[keep] = dynamic_int8(onnx_path, onnx_path.with_name("int8.onnx"), scheme)
-    stats = compare_latency([dense_onnx, *table_paths.values()], threads, rounds=3, runs=max(1, runs // 3),
-                            seq_len=seq_len)
-    dense_ms = stats[0].percentile(percentile)
-    table = [(keep, s.percentile(percentile)) for keep, s in zip(table_paths, stats[1:])]
+
+    def latencies(paths: list[Path]) -> list[tuple[float, float | None, float | None]]:
+        """(value, low, high) at ``percentile``: measured side by side here, predicted on another device."""
+        if device.is_host:
+            stats = compare_latency(paths, threads, rounds=3, runs=max(1, runs // 3), seq_len=seq_len)
+            return [(s.percentile(percentile), None, None) for s in stats]
+        return [estimate(p, device, threads=threads, seq_len=seq_len, runs=runs, memory=False).latency(percentile)
+                for p in paths]
+
+    timed = latencies([dense_onnx, *table_paths.values()])
+    dense_ms = timed[0][0]
+    table = [(keep, value) for keep, (value, _, _) in zip(table_paths, timed[1:])]
     candidates: list[Candidate] = []
-    for (keep, latency), path in zip(table, table_paths.values()):
+    for keep, (value, low, high), path in zip(table_paths, timed[1:], table_paths.values()):
         encoder = evaluate.onnx_encoder(path, dense.tokenizer, dense.pooling)
-        candidates.append(Candidate(keep_flops=round(keep, 4), precision="int8", latency_ms=round(latency, 4),
+        candidates.append(Candidate(keep_flops=round(keep, 4), precision="int8", latency_ms=round(value, 4),
                                     fidelity=round(evaluate.cosine_fidelity(reference, encoder(texts)), 5),
-                                    meets_budget=latency <= budget_ms, table=True))
+                                    meets_budget=value <= budget_ms, table=True, low_ms=_round(low),
+                                    high_ms=_round(high)))
 
     built: dict[float, Built] = {}
     dense_stsb = None if stsb is None else evaluate.stsb_spearman(evaluate.torch_encoder(dense), Path(stsb))
@@ -165,12 +183,12 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         loaded = prune_loaded(dense, keep_flops=keep, criterion=criterion, recover=recover, calibration=calibration,
                               seed=seed)
         exported = export(loaded, work / f"candidate-{keep:.3f}" / "fp32")
-        quant = quantize(exported.onnx_path, work / f"candidate-{keep:.3f}" / "model", "host", seq_len=seq_len)
-        measured = compare_latency([quant.onnx_path], threads, rounds=3, runs=max(1, runs // 3), seq_len=seq_len)[0]
+        quant = quantize(exported.onnx_path, work / f"candidate-{keep:.3f}" / "model", device, seq_len=seq_len)
+        (value, low, high), = latencies([quant.onnx_path])
         encoder = evaluate.onnx_encoder(quant.onnx_path, dense.tokenizer, dense.pooling)
         built[round(keep, 4)] = Built(loaded, exported, quant)
-        candidate = Candidate(keep_flops=round(keep, 4), precision=quant.chosen,
-                              latency_ms=round(measured.percentile(percentile), 4),
+        candidate = Candidate(keep_flops=round(keep, 4), precision=quant.chosen, latency_ms=round(value, 4),
+                              low_ms=_round(low), high_ms=_round(high),
                               fidelity=round(evaluate.cosine_fidelity(reference, encoder(texts)), 5),
                               stsb=None if stsb is None else round(evaluate.stsb_spearman(encoder, Path(stsb)), 2))
         candidate.meets_budget = candidate.latency_ms <= budget_ms
@@ -207,10 +225,15 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                      f"loses {quality_drop(c):.4g} quality, more than {max_quality_drop:g}" if not acceptable(c) else
                      "meets the budget with lower quality than the chosen one")
     advice = _advice(chosen, kept, candidates, table, budget_ms, dense_ms)
-    return SearchResult(budget_ms=budget_ms, percentile=percentile, threads=threads, dense_fp32_ms=round(dense_ms, 4),
+    return SearchResult(budget_ms=budget_ms, percentile=percentile, device=device.name, predicted=not device.is_host,
+                        threads=threads, dense_fp32_ms=round(dense_ms, 4),
                         table=[{"keep_flops": k, "int8_ms": round(ms, 4)} for k, ms in table],
                         candidates=candidates, chosen=chosen, kept=kept, passed=chosen is not None, advice=advice,
                         seconds=round(time.perf_counter() - started, 1), build=built[kept.keep_flops], notes=notes)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def _advice(chosen: Candidate | None, best: Candidate, candidates: list[Candidate], table: list[tuple[float, float]],

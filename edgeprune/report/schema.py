@@ -47,11 +47,15 @@ class SearchCandidate(_Strict):
     pareto: bool
     verdict: str
     table: bool
+    low_ms: float | None
+    high_ms: float | None
 
 
 class SearchFigures(_Strict):
     budget_ms: float
     percentile: str
+    device: str
+    predicted: bool
     threads: int
     dense_fp32_ms: float
     table: list[dict[str, float]]
