@@ -159,8 +159,8 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         if device.is_host:
             stats = compare_latency(paths, threads, rounds=3, runs=max(1, runs // 3), seq_len=seq_len)
             return [(s.percentile(percentile), None, None) for s in stats]
-        return [estimate(p, device, threads=threads, seq_len=seq_len, runs=runs, memory=False).latency(percentile)
-                for p in paths]
+        # predicted at the device's own thread count, as the final verdict is
+        return [estimate(p, device, seq_len=seq_len, runs=runs, memory=False).latency(percentile) for p in paths]
 
     timed = latencies([dense_onnx, *table_paths.values()])
     dense_ms = timed[0][0]
