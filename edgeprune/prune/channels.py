@@ -24,13 +24,10 @@ from edgeprune.errors import PlanError
 from edgeprune.files import atomic_write_text
 from edgeprune.models.conv import ChannelGraph, channel_graph, input_hooks, layer_macs, slice_channels, unit_macs
 from edgeprune.prune.conv_recover import recover_channels
-from edgeprune.prune.importance import MEAN, Accumulation
+from edgeprune.prune.importance import MEAN, PROJECTIONS, Accumulation
 
 Loss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 """A scalar loss of the model on one calibration batch, for Taylor/Fisher scores (e.g. a VAE's reconstruction)."""
-
-PROJECTIONS = 4
-"""Random output directions per batch for label-free sensitivity (as for transformers)."""
 
 DEFAULT_MULTIPLE = 8
 """Kept channel counts are rounded up to this multiple unless told otherwise: onnxruntime's blocked (NCHWc)
