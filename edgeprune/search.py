@@ -123,7 +123,8 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
            recover: str = DEFAULT_RECOVERY, calibration: Path | str | None = None, stsb: Path | str | None = None,
            max_quality_drop: float | None = None, dense_onnx: Path | None = None, runs: int = 40,
            device: DeviceProfile | str = "host", seed: int = 0) -> SearchResult:
-    """Find the best-quality pruned + quantized ``dense`` meeting ``budget_ms`` at ``percentile`` on this host.
+    """Find the best-quality pruned + quantized ``dense`` meeting ``budget_ms`` at ``percentile`` on ``device``
+    (measured when it is this host, predicted with a band otherwise).
 
     ``work`` (a new directory) receives every candidate (``dense_onnx``: an export of ``dense``
     to reuse); the chosen one — or, when the budget is impossible, the fastest one found — is
