@@ -45,21 +45,23 @@ def render_html(report: Report) -> str:
 
 
 def _verdict_table(report: Report) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(v.profile)}</td><td>{html.escape(v.metric)}</td><td>{v.budget:.4g} {v.unit}</td>"
-        f"<td>{v.value:.4g} {v.unit}</td><td>{f'{v.low:.3g} – {v.high:.3g}' if v.predicted else 'measured'}</td>"
-        f"<td class='{v.status}'><b>{v.status}</b></td></tr>" for v in report.verdicts)
-    return ("<table id='verdicts'><tr><th>profile</th><th>metric</th><th>budget</th><th>value</th><th>band</th>"
-            f"<th>verdict</th></tr>{rows}</table>")
+    return _table("verdicts", ("profile", "metric", "budget", "value", "band", "verdict"), [
+        (html.escape(v.profile), html.escape(v.metric), f"{v.budget:.4g} {v.unit}", f"{v.value:.4g} {v.unit}",
+         f"{v.low:.3g} – {v.high:.3g}" if v.predicted else "measured",
+         f"<b class='{v.status}'>{v.status}</b>") for v in report.verdicts])
 
 
 def _models_table(report: Report) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(m.name)}</td><td>{m.latency_ms['p50']:.3f}</td><td>{m.latency_ms['p90']:.3f}</td>"
-        f"<td>{m.speedup:.2f}x</td><td>{m.size_mb:.1f}</td>"
-        f"<td>{'–' if m.cosine_fidelity is None else f'{m.cosine_fidelity:.4f}'}</td></tr>" for m in report.models)
-    return ("<table id='models'><tr><th>model</th><th>p50 ms</th><th>p90 ms</th><th>speedup</th><th>MB</th>"
-            f"<th>cosine to dense</th></tr>{rows}</table>")
+    return _table("models", ("model", "p50 ms", "p90 ms", "speedup", "MB", "cosine to dense"), [
+        (html.escape(m.name), f"{m.latency_ms['p50']:.3f}", f"{m.latency_ms['p90']:.3f}", f"{m.speedup:.2f}x",
+         f"{m.size_mb:.1f}", "–" if m.cosine_fidelity is None else f"{m.cosine_fidelity:.4f}") for m in report.models])
+
+
+def _table(table_id: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """An HTML table; cells are already-escaped HTML."""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table id='{table_id}'><tr>{head}</tr>{body}</table>"
 
 
 def _figure(name: str, svg: str, caption: str) -> str:
