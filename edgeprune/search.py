@@ -73,7 +73,9 @@ class Built:
 
 
 @dataclass
-class SearchResult:
+class SearchSummary:
+    """What a search found and why, as run.json and report.json record it."""
+
     budget_ms: float
     percentile: str
     device: str
@@ -81,22 +83,26 @@ class SearchResult:
     threads: int
     dense_fp32_ms: float
     table: list[dict[str, float]]
-    """Kept-MAC fraction → measured int8 latency (uniform pruning, no recovery) and the dense fp32 point."""
+    """Kept-MAC fraction → int8 latency of the latency table (uniform pruning, no recovery)."""
     candidates: list[Candidate]
-    chosen: Candidate | None
-    kept: Candidate
-    """The chosen candidate, or the fastest one when none meets the budget."""
+    chosen_keep_flops: float | None
     passed: bool
     advice: str
     seconds: float
-    build: Built = field(repr=False)
-    """The kept candidate's artifacts."""
     notes: list[str] = field(default_factory=list)
 
+
+@dataclass
+class SearchResult:
+    summary: SearchSummary
+    chosen: Candidate | None
+    kept: Candidate
+    """The chosen candidate, or the fastest one when none meets the budget."""
+    build: Built = field(repr=False)
+    """The kept candidate's artifacts."""
+
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("build", "kept", "chosen")}
-        data["chosen_keep_flops"] = None if self.chosen is None else self.chosen.keep_flops
-        return data
+        return asdict(self.summary)
 
 
 def predicted_keep(table: list[tuple[float, float]], budget_ms: float) -> float | None:
@@ -175,7 +181,8 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                                     high_ms=_round(high)))
 
     built: dict[float, Built] = {}
-    dense_stsb = None if stsb is None else evaluate.stsb_spearman(evaluate.torch_encoder(dense), Path(stsb))
+    needs_dense_stsb = stsb is not None and max_quality_drop is not None  # only a quality bound compares to it
+    dense_stsb = evaluate.stsb_spearman(evaluate.torch_encoder(dense), Path(stsb)) if needs_dense_stsb else None
 
     def quality_drop(c: Candidate) -> float:
         return dense_stsb - c.stsb if dense_stsb is not None else 1.0 - c.fidelity
@@ -226,11 +233,13 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                      f"loses {quality_drop(c):.4g} quality, more than {max_quality_drop:g}" if not acceptable(c) else
                      "meets the budget with lower quality than the chosen one")
     advice = _advice(chosen, kept, candidates, table, budget_ms, dense_ms)
-    return SearchResult(budget_ms=budget_ms, percentile=percentile, device=device.name, predicted=not device.is_host,
-                        threads=threads, dense_fp32_ms=round(dense_ms, 4),
-                        table=[{"keep_flops": k, "int8_ms": round(ms, 4)} for k, ms in table],
-                        candidates=candidates, chosen=chosen, kept=kept, passed=chosen is not None, advice=advice,
-                        seconds=round(time.perf_counter() - started, 1), build=built[kept.keep_flops], notes=notes)
+    summary = SearchSummary(budget_ms=budget_ms, percentile=percentile, device=device.name,
+                            predicted=not device.is_host, threads=threads, dense_fp32_ms=round(dense_ms, 4),
+                            table=[{"keep_flops": k, "int8_ms": round(ms, 4)} for k, ms in table],
+                            candidates=candidates, chosen_keep_flops=None if chosen is None else chosen.keep_flops,
+                            passed=chosen is not None, advice=advice, seconds=round(time.perf_counter() - started, 1),
+                            notes=notes)
+    return SearchResult(summary=summary, chosen=chosen, kept=kept, build=built[kept.keep_flops])
 
 
 def _round(value: float | None) -> float | None:

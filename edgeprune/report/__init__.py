@@ -17,7 +17,7 @@ def write_reports(run_dir: Path, report: Report) -> list[Path]:
     """Write every report file into ``run_dir`` (each atomically) and return their paths."""
     run_dir = Path(run_dir)
     texts = {"report.json": report.model_dump_json(indent=2) + "\n",
-             "report.schema.json": json.dumps(Report.model_json_schema(), indent=2) + "\n",
+             "report.schema.json": json.dumps(Report.model_json_schema(mode="serialization"), indent=2) + "\n",
              "report.md": render_markdown(report), "report.html": render_html(report)}
     for name, text in texts.items():
         atomic_write_text(run_dir / name, text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeprune.prune.plan import PruningPlan
-from edgeprune.report.schema import ModelFigures, Report, SearchFigures, VerdictLine
+from edgeprune.report.schema import ModelFigures, Report, VerdictLine
 
 
 def report_from(manifest: dict[str, Any], plan: PruningPlan) -> Report:
@@ -14,7 +14,6 @@ def report_from(manifest: dict[str, Any], plan: PruningPlan) -> Report:
                            peak_memory_mb=(row["memory_mb"] or {}).get("peak_over_baseline_mb"),
                            size_mb=row["size_mb"], speedup=row["speedup"], cosine_fidelity=row["cosine_fidelity"],
                            stsb_spearman=row["stsb_spearman"]) for row in manifest["models"]]
-    search = stages.get("search")
     return Report(
         created=manifest["created"], model=manifest["inputs"]["model"], profile=manifest["settings"]["profile"],
         passed=manifest["passed"], settings=manifest["settings"], versions=manifest["versions"],
@@ -23,5 +22,4 @@ def report_from(manifest: dict[str, Any], plan: PruningPlan) -> Report:
         kept_heads=plan.kept_heads, kept_neurons=plan.kept_neurons, dense_heads=plan.dense.num_heads,
         dense_neurons=plan.dense.ffn_dim, op_time_ms=stages["op_time_ms"],
         quantization={k: v for k, v in stages["quantize"].items() if k != "onnx_path"},
-        search=None if search is None else SearchFigures(**{k: v for k, v in search.items()
-                                                             if k != "chosen_keep_flops"}))
+        search=stages.get("search"))

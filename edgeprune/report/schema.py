@@ -7,11 +7,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edgeprune.search import SearchSummary
+
 SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # extra="forbid" also applies to the search dataclasses nested in Report; the written JSON Schema
+    # describes report.json as written, where every field is present
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
 
 class ModelFigures(_Strict):
@@ -37,35 +41,6 @@ class VerdictLine(_Strict):
     predicted: bool
 
 
-class SearchCandidate(_Strict):
-    keep_flops: float
-    precision: str
-    latency_ms: float
-    fidelity: float
-    stsb: float | None
-    meets_budget: bool
-    pareto: bool
-    verdict: str
-    table: bool
-    low_ms: float | None
-    high_ms: float | None
-
-
-class SearchFigures(_Strict):
-    budget_ms: float
-    percentile: str
-    device: str
-    predicted: bool
-    threads: int
-    dense_fp32_ms: float
-    table: list[dict[str, float]]
-    candidates: list[SearchCandidate]
-    passed: bool
-    advice: str
-    seconds: float
-    notes: list[str]
-
-
 class Report(_Strict):
     schema_version: int = SCHEMA_VERSION
     created: str
@@ -85,4 +60,5 @@ class Report(_Strict):
     op_time_ms: dict[str, dict[str, float]] = Field(
         description="per operator type: summed kernel time (ms, 1 thread) of the dense fp32 and the shipped model")
     quantization: dict[str, Any]
-    search: SearchFigures | None = None
+    search: SearchSummary | None = None
+    """The budgeted search, when the run searched (its dataclasses validate under this model's strict config)."""
