@@ -23,7 +23,7 @@ from torch import nn
 from edgeprune.errors import PlanError
 from edgeprune.files import atomic_write_text
 from edgeprune.models.conv import ChannelGraph, channel_graph, input_hooks, layer_macs, slice_channels, unit_macs
-from edgeprune.prune.conv_recover import recover_channels
+from edgeprune.prune.conv_recover import first_output, recover_channels
 from edgeprune.prune.importance import MEAN, PROJECTIONS, Accumulation
 
 Loss = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -185,8 +185,7 @@ def _mask_gradients(model: nn.Module, graph: ChannelGraph, batch: torch.Tensor, 
             if loss is not None:
                 value = loss(model, batch)
             else:
-                output = model(batch)
-                output = output[0] if isinstance(output, (tuple, list)) else output
+                output = first_output(model(batch))
                 value = (output * torch.randn_like(output)).sum()
             (grad,) = torch.autograd.grad(value, [mask])
             total += grad.pow(2) if square else grad.abs()
@@ -195,13 +194,7 @@ def _mask_gradients(model: nn.Module, graph: ChannelGraph, batch: torch.Tensor, 
 
 def allocate(graph: ChannelGraph, scores: torch.Tensor, keep_ratio: float, multiple: int = 1) -> torch.Tensor:
     """Keep the top ``keep_ratio`` of every space by score, rounded up to a multiple of ``multiple`` channels."""
-    keep = torch.ones(graph.num_units, dtype=torch.bool)
-    for space in graph.spaces:
-        units = torch.tensor(space.units)
-        keep[units] = False
-        count = min(len(units), max(multiple, math.ceil(round(keep_ratio * len(units), 6) / multiple) * multiple))
-        keep[units[torch.argsort(-scores[units], stable=True)[:count]]] = True
-    return keep
+    return _keep_per_space(graph, lambda units: keep_ratio * len(units), scores, multiple)
 
 
 def allocate_global(graph: ChannelGraph, scores: torch.Tensor, costs: torch.Tensor, keep_units: int,
@@ -215,12 +208,21 @@ def allocate_global(graph: ChannelGraph, scores: torch.Tensor, costs: torch.Tens
     order = torch.argsort(-(scores / costs.clamp(min=1.0)), stable=True)
     chosen = torch.zeros(graph.num_units, dtype=torch.bool)
     chosen[order[:keep_units]] = True
+    # rounding up adds the best-scoring units the global ranking left out
+    priority = scores - (~chosen).float() * 1e30
+    return _keep_per_space(graph, lambda units: int(chosen[units].sum()), priority, multiple)
+
+
+def _keep_per_space(graph: ChannelGraph, wanted: Callable[[torch.Tensor], float], priority: torch.Tensor,
+                    multiple: int) -> torch.Tensor:
+    """In every space keep ``wanted(units)`` units rounded up to a multiple of ``multiple`` (at least one
+    multiple, at most all), highest ``priority`` first; ties go to the lower unit."""
     keep = torch.ones(graph.num_units, dtype=torch.bool)
     for space in graph.spaces:
         units = torch.tensor(space.units)
         keep[units] = False
-        count = min(len(units), max(multiple, math.ceil(int(chosen[units].sum()) / multiple) * multiple))
-        keep[units[torch.argsort((~chosen[units]).float() * 1e30 - scores[units], stable=True)[:count]]] = True
+        count = min(len(units), max(multiple, math.ceil(round(wanted(units), 6) / multiple) * multiple))
+        keep[units[torch.argsort(-priority[units], stable=True)[:count]]] = True
     return keep
 
 

@@ -49,13 +49,14 @@ def output_error(dense: nn.Module, pruned: nn.Module, batches: Sequence[torch.Te
     """‖pruned − dense‖² / ‖dense‖² of the first model output, over the calibration batches."""
     num = den = 0.0
     for batch in batches:
-        expected, actual = _first(dense(batch)), _first(pruned(batch))
+        expected, actual = first_output(dense(batch)), first_output(pruned(batch))
         num += float((actual - expected).pow(2).sum())
         den += float(expected.pow(2).sum())
     return num / max(den, 1e-30)
 
 
-def _first(output: torch.Tensor | tuple) -> torch.Tensor:
+def first_output(output: torch.Tensor | tuple) -> torch.Tensor:
+    """A model's main output: the tensor itself, or the first of a tuple (HF-style outputs)."""
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
