@@ -129,7 +129,8 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
                          "tokenizer beside the model)")
         checks = (check or text["check"] or calibration[:4]
                   or [runtime.synthetic_feed(runtime.session(onnx_path), 2, 32)])
-        fidelity = {name: 1.0 if name == "fp32" else output_fidelity(onnx_path, path, checks)
+        reference = first_outputs(onnx_path, checks)  # fp32 runs once, every candidate is compared to it
+        fidelity = {name: 1.0 if name == "fp32" else mean_cosine(reference, first_outputs(path, checks))
                     for name, path in candidates.items()}
         for name, value in fidelity.items():
             if value < min_fidelity:
@@ -168,15 +169,17 @@ def _text_feeds(onnx_path: Path) -> dict[str, list[Feed]]:
     return {"calibration": feeds(calibration_sentences()), "check": feeds(sample_sentences()[:16])}
 
 
-def output_fidelity(reference: Path, candidate: Path, feeds: list[Feed]) -> float:
-    """Mean cosine similarity, per sample, between the first outputs of two models on ``feeds``."""
-    ref, cand = runtime.session(reference), runtime.session(candidate)
+def first_outputs(onnx_path: Path, feeds: list[Feed]) -> list[np.ndarray]:
+    """The model's first output on each feed, one float64 row per sample."""
+    sess = runtime.session(onnx_path)
+    return [sess.run(None, feed)[0].reshape(len(next(iter(feed.values()))), -1).astype(np.float64) for feed in feeds]
+
+
+def mean_cosine(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    """Mean cosine similarity, per sample, between two models' outputs (as from ``first_outputs``)."""
     cosines = []
-    for feed in feeds:
-        expected = ref.run(None, feed)[0].reshape(len(next(iter(feed.values()))), -1).astype(np.float64)
-        actual = cand.run(None, feed)[0].reshape(expected.shape).astype(np.float64)
-        norms = np.linalg.norm(expected, axis=1) * np.linalg.norm(actual, axis=1)
-        cosines.extend((expected * actual).sum(1) / np.maximum(norms, 1e-30))
+    for e, a in zip(expected, actual):
+        cosines.extend((e * a).sum(1) / np.maximum(np.linalg.norm(e, axis=1) * np.linalg.norm(a, axis=1), 1e-30))
     return float(np.mean(cosines))
 
 
