@@ -54,9 +54,7 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, texts
         if loaded.plan is not None:
             loaded.plan.save(tmp / PLAN_FILE)
         diff, scale = parity(loaded, tmp / ONNX_FILE, texts)
-        if not diff <= atol * max(1.0, scale):
-            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
-                              f"largest output {scale:.3g}))", "report this model; try another --opset")
+        check_parity(diff, scale, atol, "report this model; try another --opset")
     return ExportResult(onnx_path=out_dir / ONNX_FILE, max_abs_diff=diff, parity_texts=len(texts),
                         task=loaded.task)
 
@@ -86,9 +84,7 @@ def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.T
         sess = runtime.session(partial)
         actual = sess.run(None, {sess.get_inputs()[0].name: inputs.numpy()})[0]
         diff, scale = float(np.abs(actual - expected).max()), float(np.abs(expected).max())
-        if not diff <= atol * max(1.0, scale):
-            raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
-                              f"largest output {scale:.3g}))", "report this model; try another opset")
+        check_parity(diff, scale, atol, "report this model; try another opset")
         partial.replace(out_path)
     except ExportError:
         raise
@@ -98,6 +94,13 @@ def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.T
     finally:
         partial.unlink(missing_ok=True)
     return ExportResult(onnx_path=out_path, max_abs_diff=diff, parity_texts=len(inputs), task="tensor")
+
+
+def check_parity(diff: float, scale: float, atol: float, fix: str) -> None:
+    """Refuse an export whose outputs differ from PyTorch by more than ``atol`` × max(1, largest |output|)."""
+    if not diff <= atol * max(1.0, scale):
+        raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
+                          f"largest output {scale:.3g}))", fix)
 
 
 def parity(loaded: LoadedModel, onnx_path: Path, texts: list[str]) -> tuple[float, float]:
