@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgeprune.errors import PlanError
 from edgeprune.models.loading import load_model
 from edgeprune.prune import make_plan
-from edgeprune.prune.allocate import global_by_cost, uniform
+from edgeprune.prune.allocate import by_latency, global_by_cost, uniform
 from edgeprune.prune.importance import LayerScores
 
 
@@ -40,3 +42,37 @@ def test_global_allocation_on_a_model_and_its_errors(tiny_bert_dir) -> None:
         make_plan(model, keep_flops=0.5, allocation="random")
     with pytest.raises(PlanError, match="outside"):
         global_by_cost(_scores(), 1.0, 1.0, 0.0)
+
+
+def _stepped(count: int) -> float:
+    """A layer's FFN ms: flat up to 4 neurons (one kernel block), then 1 ms per neuron."""
+    return float(max(0, count - 4))
+
+
+def test_latency_allocation_keeps_flat_stretches_and_spends_by_score_per_ms() -> None:
+    scores = _scores()
+
+    def head_ms(count: int) -> float:
+        return 2.0 * count
+
+    plan = by_latency(scores, head_ms, _stepped, budget_ms=0.0)
+    assert all(len(p.neurons) == 4 for p in plan)  # free: pruning inside the flat block saves nothing
+    assert all(len(p.heads) == 1 for p in plan)  # the best head of each layer is always kept
+    assert plan[0].neurons == uniform(scores, 1.0, 0.5)[0].neurons  # the four best, by score
+    plan = by_latency(scores, head_ms, _stepped, budget_ms=4 * 1.0 + 3 * 2.0)
+    assert plan[2] == uniform(scores, 1.0, 1.0)[2]  # the important layer's units win every millisecond
+    assert [len(p.heads) for p in plan[:2]] == [1, 1] and [len(p.neurons) for p in plan[:2]] == [4, 4]
+    assert by_latency(scores, head_ms, _stepped, budget_ms=1e9) == uniform(scores, 1.0, 1.0)
+
+
+@given(st.floats(0.0, 60.0), st.floats(0.1, 5.0))
+def test_latency_allocation_never_exceeds_its_budget(budget, slope) -> None:
+    scores = _scores()
+
+    def head_ms(count: int) -> float:
+        return slope * count
+
+    plan = by_latency(scores, head_ms, _stepped, budget)
+    spent = sum(head_ms(len(p.heads)) - head_ms(1) + _stepped(len(p.neurons)) - _stepped(1) for p in plan)
+    assert spent <= budget + 1e-9
+    assert all(len(p.heads) >= 1 and len(p.neurons) >= 4 for p in plan)

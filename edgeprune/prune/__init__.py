@@ -100,24 +100,25 @@ def _allocate(allocation: str, scores: list[LayerScores], target: dict[str, floa
 def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
           keep_flops: float | None = None, criterion: str = "magnitude", batches: Batches | None = None,
           accumulation: Accumulation = MEAN, allocation: str = "uniform", recovery: str = "none",
-          distill_steps: int = DISTILL_STEPS, seed: int = 0,
-          tick: Tick | None = None) -> tuple[nn.Module, PruningPlan]:
+          distill_steps: int = DISTILL_STEPS, seed: int = 0, tick: Tick | None = None,
+          plan: PruningPlan | None = None) -> tuple[nn.Module, PruningPlan]:
     """Return a physically pruned copy of ``model`` and the plan that produced it.
 
-    ``recovery`` (``none``, ``lstsq``, ``distill``) then re-fits the pruned copy towards
+    A ready ``plan`` (e.g. a latency-budget allocation from the search) replaces the target
+    and scoring arguments. ``recovery`` (``none``, ``lstsq``, ``distill``) then re-fits the pruned copy towards
     ``model`` on the same calibration ``batches``; the plan records what it did. ``tick``
     reports recovery progress as (done, total).
     """
     check_recovery(recovery, distill_steps)  # before minutes of scoring
     batches = list(batches) if batches is not None else None
-    plan = make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
-                     criterion=criterion, batches=batches, accumulation=accumulation, allocation=allocation,
-                     seed=seed)
+    plan = plan or make_plan(model, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, keep_flops=keep_flops,
+                             criterion=criterion, batches=batches, accumulation=accumulation,
+                             allocation=allocation, seed=seed)
     adapter = adapter_for(model)
     pruned = apply_plan(copy.deepcopy(model), adapter, plan).eval()
     with _eval_mode(model):
         report = recover(model, pruned, adapter, batches or [], recovery, distill_steps, seed, tick)
-    if recovery != "none" and criterion == "magnitude":
+    if recovery != "none" and plan.criterion == "magnitude":
         plan = dataclasses.replace(plan, calibration_texts=sum(len(b["input_ids"]) for b in batches or ()))
     return pruned.eval(), dataclasses.replace(plan, recovery=report.summary())
 

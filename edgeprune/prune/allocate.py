@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -63,3 +65,48 @@ def global_by_cost(scores: list[LayerScores], head_macs: float, neuron_macs: flo
             kept[layer][kind].add(index)
             spent += cost
     return tuple(LayerPlan(heads=tuple(sorted(h)), neurons=tuple(sorted(n))) for h, n in kept)
+
+
+def by_latency(scores: list[LayerScores], head_ms: Callable[[int], float], neuron_ms: Callable[[int], float],
+               budget_ms: float) -> tuple[LayerPlan, ...]:
+    """Keep the most important heads and neurons whose summed per-layer latency fits ``budget_ms``.
+
+    ``head_ms(k)`` / ``neuron_ms(k)`` is one layer's attention / FFN latency with ``k`` units
+    (non-decreasing, e.g. a measured piecewise-linear table). Each layer keeps its best head and
+    best neuron, whose cost is not counted against the budget. Then, in every layer, the next-best
+    unit costs the latency step it adds; units of all layers are taken by score per millisecond,
+    as in Kwon et al. (2022), so a unit in a flat stretch of its table (no latency saved by
+    removing it) is always kept. A unit that does not fit closes its layer's stream: the ones
+    after it score less. Scores must be comparable across layers and unit kinds (Fisher, Taylor).
+    """
+    streams = []
+    for layer, s in enumerate(scores):
+        for kind, values, cost in ((0, s.heads, head_ms), (1, s.neurons, neuron_ms)):
+            order = sorted(range(len(values)), key=lambda i: (-float(values[i]), i))
+            streams.append((layer, kind, [(float(values[i]), i) for i in order], cost))
+    kept: list[tuple[set[int], set[int]]] = [(set(), set()) for _ in scores]
+    frontier = []
+    for stream_id, (layer, kind, units, _) in enumerate(streams):
+        kept[layer][kind].add(units[0][1])
+        if len(units) > 1:
+            heapq.heappush(frontier, _priority(streams[stream_id], 1) + (stream_id,))
+    spent = 0.0
+    while frontier:
+        _, _, step, position, stream_id = heapq.heappop(frontier)
+        layer, kind, units, _ = streams[stream_id]
+        if spent + step > budget_ms:
+            continue
+        spent += step
+        kept[layer][kind].add(units[position][1])
+        if position + 1 < len(units):
+            heapq.heappush(frontier, _priority(streams[stream_id], position + 1) + (stream_id,))
+    return tuple(LayerPlan(heads=tuple(sorted(h)), neurons=tuple(sorted(n))) for h, n in kept)
+
+
+def _priority(stream: tuple[int, int, list[tuple[float, int]], Callable[[int], float]],
+              position: int) -> tuple[float, int, float, int]:
+    """Heap key of a stream's unit at ``position`` (it makes ``position + 1`` units): score per ms, free first."""
+    layer, _, units, cost = stream
+    step = max(0.0, cost(position + 1) - cost(position))
+    per_ms = math.inf if step == 0 else units[position][0] / step
+    return (-per_ms, layer, step, position)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeprune.models.loading import LoadedModel
-from edgeprune.prune import Accumulation, prune
+from edgeprune.prune import Accumulation, PruningPlan, prune
 from edgeprune.prune.calibration import batches_for
 from edgeprune.prune.recover import DISTILL_STEPS, Tick
 
@@ -25,14 +25,14 @@ def prune_loaded(dense: LoadedModel, *, keep_flops: float | None = None, heads_r
                  allocation: str = DEFAULT_ALLOCATION, accumulate: str = DEFAULT_ACCUMULATE,
                  ema_decay: float = DEFAULT_EMA_DECAY, calibration: Path | str | None = None,
                  recover: str = DEFAULT_RECOVERY, distill_steps: int | None = None, seed: int = 0,
-                 tick: Tick | None = None) -> LoadedModel:
+                 tick: Tick | None = None, plan: PruningPlan | None = None) -> LoadedModel:
     """Prune ``dense`` (calibration text from ``calibration``, else built-in sentences, when needed).
 
-    ``distill_steps`` None means the library default.
+    ``distill_steps`` None means the library default; a ready ``plan`` replaces the target and scoring.
     """
     batches = batches_for(criterion, recover, dense.tokenizer, calibration)
     model, plan = prune(dense.model, keep_flops=keep_flops, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio,
                         criterion=criterion, batches=batches, accumulation=Accumulation(accumulate, ema_decay),
                         allocation=allocation, recovery=recover, seed=seed, tick=tick,
-                        distill_steps=DISTILL_STEPS if distill_steps is None else distill_steps)
+                        distill_steps=DISTILL_STEPS if distill_steps is None else distill_steps, plan=plan)
     return LoadedModel(model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)

@@ -1,4 +1,5 @@
-"""report.html: one self-contained page (no network, no scripts) with inline SVG plots and the verdict table.
+"""report.html: one self-contained page (no network, no scripts) with inline SVG plots, the verdict table and,
+after a search, every candidate with the reason it was or was not chosen.
 
 Plots: quality vs latency of every candidate with the Pareto front and the budget line; kept
 heads and FFN neurons per layer against the dense model; kernel time per operator type
@@ -12,6 +13,7 @@ import html
 import io
 
 from edgeprune.report.schema import Report
+from edgeprune.search import Candidate
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -32,14 +34,14 @@ def render_html(report: Report) -> str:
              f"<p>Created {html.escape(report.created)}.</p>",
              _verdict_table(report),
              _figure("pareto", _pareto_svg(report), "Quality vs latency of every candidate (grey: latency-table "
-                     "points, uniform pruning without recovery); the line joins the Pareto front, the dashed line is "
-                     "the latency budget."),
+                     "points, every layer cut to one head or neuron count, without recovery); the line joins the "
+                     "Pareto front, the dashed line is the latency budget."),
              _figure("kept-units", _kept_svg(report), "Kept attention heads and FFN neurons per layer (grey: dense)."),
              _figure("op-time", _op_time_svg(report), "Kernel time per operator type, one thread: dense fp32 vs "
                      "the shipped model."),
              _models_table(report)]
     if report.search is not None:
-        parts.append(f"<h2>Search</h2><p>{html.escape(report.search.advice)}</p>")
+        parts += [f"<h2>Search</h2><p>{html.escape(report.search.advice)}</p>", _candidates_table(report)]
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>edgeprune report</title>"
             f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
 
@@ -55,6 +57,17 @@ def _models_table(report: Report) -> str:
     return _table("models", ("model", "p50 ms", "p90 ms", "speedup", "MB", "cosine to dense"), [
         (html.escape(m.name), f"{m.latency_ms['p50']:.3f}", f"{m.latency_ms['p90']:.3f}", f"{m.speedup:.2f}x",
          f"{m.size_mb:.1f}", "–" if m.cosine_fidelity is None else f"{m.cosine_fidelity:.4f}") for m in report.models])
+
+
+def _candidates_table(report: Report) -> str:
+    def band(c: Candidate) -> str:
+        return "measured" if c.low_ms is None else f"{c.low_ms:.3f}–{c.high_ms:.3f}"
+
+    return _table("candidates", ("setting", "kept MACs", "precision", "ms", "band", "cosine", "STS-B", "Pareto",
+                                 "verdict"), [
+        (html.escape(c.setting), f"{c.keep_flops:.3f}", c.precision, f"{c.latency_ms:.3f}", band(c),
+         f"{c.fidelity:.4f}", "–" if c.stsb is None else f"{c.stsb:.2f}", "yes" if c.pareto else "",
+         html.escape(c.verdict)) for c in report.search.candidates])
 
 
 def _table(table_id: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -83,7 +96,7 @@ def _pareto_svg(report: Report) -> str:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     if report.search is not None and report.search.candidates:
-        points = [(c.latency_ms, c.fidelity, f"{'table ' if c.table else ''}keep {c.keep_flops:.2f}", c.pareto)
+        points = [(c.latency_ms, c.fidelity, f"table {c.setting}" if c.table else f"keep {c.keep_flops:.2f}", c.pareto)
                   for c in report.search.candidates]
         budget = report.search.budget_ms
     else:

@@ -31,8 +31,9 @@ def render_markdown(report: Report) -> str:
     if report.search is not None:
         s = report.search
         lines += ["", f"**Search** ({s.seconds:.0f} s): {s.advice}", "",
-                  "| kept MACs | precision | latency ms | cosine | Pareto | verdict |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c.keep_flops:.3f} | {c.precision} | {c.latency_ms:.3f} | {c.fidelity:.4f} "
+                  "| setting | kept MACs | precision | latency ms | cosine | Pareto | verdict |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c.setting} | {c.keep_flops:.3f} | {c.precision} | {c.latency_ms:.3f} | {c.fidelity:.4f} "
                   f"| {'yes' if c.pareto else ''} | {c.verdict} |" for c in s.candidates]
     return "\n".join(lines) + "\n"
 

@@ -1,28 +1,27 @@
 """Budgeted search: the least-pruned — hence best-quality — model that meets a latency budget on a target.
 
-Latency is piecewise linear in the kept heads and neurons, with flat stretches where pruning
-saves nothing (Kwon et al. 2022). So the search first measures a small latency table: the
-model pruned uniformly to a grid of kept-MAC fractions (importance scored once, no recovery:
-recovery changes weights, not shapes), each in dynamic int8, timed side by side with the dense
-fp32 model. Interpolating the table gives the largest fraction predicted to meet the budget;
-that candidate is then built for real (pruning with recovery, export, the never-slower
-quantization) and measured, stepping down the table until a measured candidate meets the
-budget. On this host latencies are measured; on any other device profile each is predicted
-from a host measurement by the cost model (``profile.estimate``) and carries its error band.
-Every candidate's quality is cosine fidelity to the dense model on the built-in
-sentences (or STS-B when a file is given); the result keeps them all, marks the Pareto front
-of latency vs quality, and says why each was not chosen.
+Kwon et al. (2022) in three steps. Importance is scored once (Fisher by default). A latency
+table is measured on the real runtime: per-layer cost of heads and of FFN neurons, piecewise
+linear with its flat stretches (``latency_table``). The budget is then allocated by
+importance per millisecond across all layers (``prune.allocate.by_latency``), and that
+candidate is built for real — pruning with recovery, parity-checked export, the never-slower
+quantization — and measured. While the measured latency misses the budget (or beats it by far),
+the allocation target is corrected by the miss and rebuilt, at most ``REFINEMENTS`` times.
+On this host latencies are measured; on any other device profile each is predicted from a host
+measurement by the cost model (``profile.estimate``) and carries its error band. Every
+candidate's quality is cosine fidelity to the dense model on the built-in sentences (and
+STS-B when a file is given); the result keeps them all, with the table's models, marks the
+Pareto front of latency vs quality, and says why each was not chosen.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgeprune import evaluate
 from edgeprune.data import sample_sentences
@@ -33,15 +32,17 @@ from edgeprune.models.loading import LoadedModel
 from edgeprune.profile import estimate
 from edgeprune.profile.devices import DeviceProfile, load_profile
 from edgeprune.profile.measure import compare_latency
-from edgeprune.prune import Accumulation, apply_plan, make_plan, score
+from edgeprune.prune import Accumulation, PruningPlan, apply_plan, kept_macs_fraction, make_plan, score
+from edgeprune.prune.allocate import by_latency, uniform
 from edgeprune.prune.calibration import batches_for
 from edgeprune.prune.loaded import DEFAULT_ACCUMULATE, DEFAULT_CRITERION, DEFAULT_RECOVERY, prune_loaded
 from edgeprune.quantize import QuantizeResult, dynamic_int8, int8_scheme, quantize
+from edgeprune.search.latency_table import HEAD_GRID, NEURON_GRID, LatencyTable, grid_counts
 
-GRID = (1.0, 0.85, 0.7, 0.55, 0.4)
-"""Kept-MAC fractions of the latency table."""
 REFINEMENTS = 3
-"""Real candidates built at most, stepping down the table while the measured latency misses the budget."""
+"""Real candidates built at most, correcting the allocation target by each measured miss."""
+SLACK = 0.1
+"""A candidate faster than the budget by more than this fraction is rebuilt with less pruning (if builds remain)."""
 
 
 @dataclass
@@ -61,6 +62,8 @@ class Candidate:
     low_ms: float | None = None
     """Predicted band (other devices only)."""
     high_ms: float | None = None
+    setting: str = ""
+    """What was pruned: a table point's per-layer counts, or the latency target a candidate was allocated for."""
 
 
 @dataclass
@@ -82,8 +85,8 @@ class SearchSummary:
     predicted: bool
     threads: int
     dense_fp32_ms: float
-    table: list[dict[str, float]]
-    """Kept-MAC fraction → int8 latency of the latency table (uniform pruning, no recovery)."""
+    table: dict[str, list[dict[str, float]]]
+    """The latency table: model ms (dynamic int8, no recovery) with every layer at each head / neuron count."""
     candidates: list[Candidate]
     chosen_keep_flops: float | None
     passed: bool
@@ -105,17 +108,6 @@ class SearchResult:
         return asdict(self.summary)
 
 
-def predicted_keep(table: list[tuple[float, float]], budget_ms: float) -> float | None:
-    """Largest kept fraction whose piecewise-linear latency meets ``budget_ms`` (None: not even the smallest)."""
-    points = sorted(table)
-    keeps, latencies = np.array([k for k, _ in points]), np.array([ms for _, ms in points])
-    if latencies[0] > budget_ms:
-        return None
-    fine = np.linspace(keeps[0], keeps[-1], 241)
-    meeting = fine[np.interp(fine, keeps, latencies) <= budget_ms * (1 + 1e-9)]  # grid points hit exactly
-    return float(meeting.max())
-
-
 def mark_pareto(candidates: list[Candidate]) -> None:
     """A candidate is on the front when no other is both at least as fast and at least as faithful (and better
     in one)."""
@@ -125,7 +117,7 @@ def mark_pareto(candidates: list[Candidate]) -> None:
 
 
 def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile: str = "p90",
-           threads: int = 1, seq_len: int = 128, grid: tuple[float, ...] = GRID, criterion: str = DEFAULT_CRITERION,
+           threads: int = 1, seq_len: int = 128, criterion: str = DEFAULT_CRITERION,
            recover: str = DEFAULT_RECOVERY, calibration: Path | str | None = None, stsb: Path | str | None = None,
            max_quality_drop: float | None = None, dense_onnx: Path | None = None, runs: int = 40,
            device: DeviceProfile | str = "host", seed: int = 0) -> SearchResult:
@@ -140,26 +132,12 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     """
     if budget_ms <= 0:
         raise EdgepruneError(f"latency budget {budget_ms} ms is not positive", "pass --latency-ms greater than 0")
-    if not grid or any(not 0 < k <= 1 for k in grid):
-        raise EdgepruneError("the search grid must hold kept fractions in (0, 1]", "e.g. 1.0 0.85 0.7 0.55 0.4")
     started = time.perf_counter()
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=False)
-    scheme = int8_scheme(device)
     texts = sample_sentences()
     reference = evaluate.torch_encoder(dense)(texts)
-
-    batches = batches_for(criterion, "none", dense.tokenizer, calibration)
-    scores = score(dense.model, criterion, batches, Accumulation(DEFAULT_ACCUMULATE), seed)
-    dense_onnx = dense_onnx or export(dense, work / "dense").onnx_path
-    table_paths = {}
-    for keep in sorted(set(grid), reverse=True):
-        plan = make_plan(dense.model, keep_flops=keep, scores=scores, criterion=criterion)
-        pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
-        shaped = LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
-        onnx_path = export(shaped, work / f"table-{keep:.3f}").onnx_path
-        table_paths[keep] = dynamic_int8(onnx_path, onnx_path.with_name("int8.onnx"), scheme)
 
     def latencies(paths: list[Path]) -> list[tuple[float, float | None, float | None]]:
         """(value, low, high) at ``percentile``: measured side by side here, predicted on another device."""
@@ -169,60 +147,89 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         # predicted at the device's own thread count, as the final verdict is
         return [estimate(p, device, seq_len=seq_len, runs=runs, memory=False).latency(percentile) for p in paths]
 
-    timed = latencies([dense_onnx, *table_paths.values()])
-    dense_ms = timed[0][0]
-    table = [(keep, value) for keep, (value, _, _) in zip(table_paths, timed[1:])]
-    candidates: list[Candidate] = []
-    for keep, (value, low, high), path in zip(table_paths, timed[1:], table_paths.values()):
-        encoder = evaluate.onnx_encoder(path, dense.tokenizer, dense.pooling)
-        candidates.append(Candidate(keep_flops=round(keep, 4), precision="int8", latency_ms=round(value, 4),
-                                    fidelity=round(evaluate.cosine_fidelity(reference, encoder(texts)), 5),
-                                    meets_budget=value <= budget_ms, table=True, low_ms=_round(low),
-                                    high_ms=_round(high)))
+    def fidelity(onnx_path: Path) -> float:
+        encoder = evaluate.onnx_encoder(onnx_path, dense.tokenizer, dense.pooling)
+        return round(evaluate.cosine_fidelity(reference, encoder(texts)), 5)
 
-    built: dict[float, Built] = {}
+    batches = batches_for(criterion, "none", dense.tokenizer, calibration)
+    scores = score(dense.model, criterion, batches, Accumulation(DEFAULT_ACCUMULATE), seed)
+    dense_onnx = dense_onnx or export(dense, work / "dense").onnx_path
+    scheme = int8_scheme(device)
+    points = _table_plans(dense.model, scores, criterion)
+    paths, macs = [dynamic_int8(dense_onnx, work / "dense-int8.onnx", scheme)], [1.0]
+    for (kind, count), plan in list(points.items())[1:]:
+        pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
+        macs.append(kept_macs_fraction(pruned, plan.dense, seq_len))
+        shaped = LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
+        onnx_path = export(shaped, work / f"table-{kind}-{count}").onnx_path
+        paths.append(dynamic_int8(onnx_path, onnx_path.with_name("int8.onnx"), scheme))
+    (dense_ms, _, _), *timed = latencies([dense_onnx, *paths])
+    by_point = dict(zip(points, timed))
+    shape = points[("dense", 0)].dense
+    table = LatencyTable(num_layers=shape.num_layers,
+                         heads_ms=((shape.num_heads, timed[0][0]),
+                                   *((k, v[0]) for (kind, k), v in by_point.items() if kind == "heads")),
+                         neurons_ms=((shape.ffn_dim, timed[0][0]),
+                                     *((k, v[0]) for (kind, k), v in by_point.items() if kind == "neurons")))
+    candidates: list[Candidate] = []
+    for (kind, count), (value, low, high), path, fraction in zip(points, timed, paths, macs):
+        candidates.append(Candidate(keep_flops=round(fraction, 4), precision="int8",
+                                    latency_ms=round(value, 4), fidelity=fidelity(path),
+                                    meets_budget=value <= budget_ms, table=True, low_ms=_round(low),
+                                    high_ms=_round(high),
+                                    setting="dense" if kind == "dense" else f"{kind}: {count} per layer"))
+
+    built: dict[int, Built] = {}
     needs_dense_stsb = stsb is not None and max_quality_drop is not None  # only a quality bound compares to it
     dense_stsb = evaluate.stsb_spearman(evaluate.torch_encoder(dense), Path(stsb)) if needs_dense_stsb else None
 
     def quality_drop(c: Candidate) -> float:
         return dense_stsb - c.stsb if dense_stsb is not None else 1.0 - c.fidelity
 
-    def build(keep: float) -> Candidate:
-        loaded = prune_loaded(dense, keep_flops=keep, criterion=criterion, recover=recover, calibration=calibration,
-                              seed=seed)
-        exported = export(loaded, work / f"candidate-{keep:.3f}" / "fp32")
-        quant = quantize(exported.onnx_path, work / f"candidate-{keep:.3f}" / "model", device, seq_len=seq_len)
+    def build(plan: PruningPlan, target_ms: float) -> Candidate:
+        loaded = prune_loaded(dense, criterion=criterion, recover=recover, calibration=calibration, seed=seed,
+                              plan=plan)
+        name = f"candidate-{len(built)}"
+        exported = export(loaded, work / name / "fp32")
+        quant = quantize(exported.onnx_path, work / name / "model", device, seq_len=seq_len)
         (value, low, high), = latencies([quant.onnx_path])
         encoder = evaluate.onnx_encoder(quant.onnx_path, dense.tokenizer, dense.pooling)
-        built[round(keep, 4)] = Built(loaded, exported, quant)
-        candidate = Candidate(keep_flops=round(keep, 4), precision=quant.chosen, latency_ms=round(value, 4),
-                              low_ms=_round(low), high_ms=_round(high),
-                              fidelity=round(evaluate.cosine_fidelity(reference, encoder(texts)), 5),
-                              stsb=None if stsb is None else round(evaluate.stsb_spearman(encoder, Path(stsb)), 2))
-        candidate.meets_budget = candidate.latency_ms <= budget_ms
+        fraction = kept_macs_fraction(loaded.model, plan.dense, seq_len)
+        candidate = Candidate(keep_flops=round(fraction, 4), precision=quant.chosen,
+                              latency_ms=round(value, 4), low_ms=_round(low), high_ms=_round(high),
+                              fidelity=fidelity(quant.onnx_path), meets_budget=value <= budget_ms,
+                              stsb=None if stsb is None else round(evaluate.stsb_spearman(encoder, Path(stsb)), 2),
+                              setting=f"allocated for {target_ms:.3f} ms "
+                                      f"(table predicts {table.predict(plan.layers):.3f})")
+        built[id(candidate)] = Built(loaded, exported, quant)
         candidates.append(candidate)
         return candidate
 
     def acceptable(c: Candidate) -> bool:
         return c.meets_budget and (max_quality_drop is None or quality_drop(c) <= max_quality_drop)
 
-    keep = predicted_keep(table, budget_ms)
+    base = make_plan(dense.model, keep_flops=1.0, scores=scores, criterion=criterion)
     notes = []
-    if keep is None:
-        notes.append(f"the latency table predicts no grid setting meets {budget_ms:g} ms; building the fastest")
-        build(min(grid))
-    else:
-        below = sorted((k for k in grid if k < keep), reverse=True)
-        for attempt in range(REFINEMENTS):
-            if acceptable(build(keep)):
-                break
-            if candidates[-1].meets_budget:  # fast enough but too lossy: more pruning cannot help
-                break
-            notes.append(f"keep {keep:.3f} was predicted to meet the budget but measured "
-                         f"{candidates[-1].latency_ms:.3f} ms")
-            if attempt == REFINEMENTS - 1 or not below:
-                break
-            keep = below.pop(0)
+    target = budget_ms
+    tried: list[tuple] = []
+    for _ in range(REFINEMENTS):
+        layers = by_latency(scores, table.head_cost, table.neuron_cost, target - table.fixed_ms)
+        if layers in tried:
+            notes.append(f"the allocation for {target:.3f} ms repeats an earlier candidate; stopping")
+            break
+        tried.append(layers)
+        if table.predict(layers) > budget_ms:
+            notes.append(f"the latency table predicts no allocation meets {budget_ms:g} ms "
+                         f"(smallest: {table.fixed_ms:.3f} ms); building the fastest")
+        plan = dataclasses.replace(base, layers=layers, allocation="latency", target={"latency_ms": round(target, 4)})
+        candidate = build(plan, target)
+        miss = candidate.latency_ms - budget_ms
+        if candidate.meets_budget and (not acceptable(candidate) or -miss <= SLACK * budget_ms):
+            break  # close enough under the budget, or too lossy already: more pruning cannot help
+        if not candidate.meets_budget:
+            notes.append(f"allocated for {target:.3f} ms, measured {candidate.latency_ms:.3f} ms: "
+                         f"correcting the target by the miss")
+        target -= miss
     meeting = [c for c in candidates if acceptable(c) and not c.table]
     chosen = max(meeting, key=lambda c: (c.stsb if c.stsb is not None else c.fidelity, c.keep_flops), default=None)
     kept = chosen or min((c for c in candidates if not c.table), key=lambda c: c.latency_ms)
@@ -235,18 +242,31 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     advice = _advice(chosen, kept, candidates, table, budget_ms, dense_ms)
     summary = SearchSummary(budget_ms=budget_ms, percentile=percentile, device=device.name,
                             predicted=not device.is_host, threads=threads, dense_fp32_ms=round(dense_ms, 4),
-                            table=[{"keep_flops": k, "int8_ms": round(ms, 4)} for k, ms in table],
-                            candidates=candidates, chosen_keep_flops=None if chosen is None else chosen.keep_flops,
+                            table=table.to_dict(), candidates=candidates,
+                            chosen_keep_flops=None if chosen is None else chosen.keep_flops,
                             passed=chosen is not None, advice=advice, seconds=round(time.perf_counter() - started, 1),
                             notes=notes)
-    return SearchResult(summary=summary, chosen=chosen, kept=kept, build=built[kept.keep_flops])
+    return SearchResult(summary=summary, chosen=chosen, kept=kept, build=built[id(kept)])
+
+
+def _table_plans(model: Any, scores: list, criterion: str) -> dict[tuple[str, int], PruningPlan]:
+    """The latency table's models: ("dense", 0), then every layer at each head count (all neurons), then at each
+    neuron count (all heads); the most important units kept."""
+    base = make_plan(model, keep_flops=1.0, scores=scores, criterion=criterion)
+    heads, neurons = base.dense.num_heads, base.dense.ffn_dim
+    plans = {("dense", 0): base}
+    for count in grid_counts(heads, HEAD_GRID)[1:]:
+        plans[("heads", count)] = dataclasses.replace(base, layers=uniform(scores, count / heads, 1.0))
+    for count in grid_counts(neurons, NEURON_GRID)[1:]:
+        plans[("neurons", count)] = dataclasses.replace(base, layers=uniform(scores, 1.0, count / neurons))
+    return plans
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _advice(chosen: Candidate | None, best: Candidate, candidates: list[Candidate], table: list[tuple[float, float]],
+def _advice(chosen: Candidate | None, best: Candidate, candidates: list[Candidate], table: LatencyTable,
             budget_ms: float, dense_ms: float) -> str:
     if chosen is not None:
         return (f"keep {chosen.keep_flops:.3f} of the encoder MACs, {chosen.precision}: {chosen.latency_ms:.3f} ms "
@@ -256,8 +276,7 @@ def _advice(chosen: Candidate | None, best: Candidate, candidates: list[Candidat
         return ("candidates meet the latency budget but lose more quality than allowed: "
                 + "; ".join(f"keep {c.keep_flops:.3f}: {c.verdict}" for c in built if c.meets_budget)
                 + ". Needed: a larger budget or a larger allowed quality drop.")
-    fastest = min(ms for _, ms in table)
     return (f"budget {budget_ms:g} ms is out of reach: the fastest candidate (keep {best.keep_flops:.3f}, "
             f"{best.precision}) measures {best.latency_ms:.3f} ms, {best.latency_ms / budget_ms:.2f}x the budget "
-            f"(table minimum {fastest:.3f} ms). Needed: a budget of at least {best.latency_ms:.3f} ms, more threads, "
-            "or a smaller model than pruning this one can reach.")
+            f"(the latency table's floor: {table.fixed_ms:.3f} ms). Needed: a budget of at least "
+            f"{best.latency_ms:.3f} ms, more threads, or a smaller model than pruning this one can reach.")
