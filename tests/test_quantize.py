@@ -8,7 +8,8 @@ from torch import nn
 from edgeprune import runtime
 from edgeprune.export import export_module
 from edgeprune.profile.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
-from edgeprune.quantize import int8_scheme, quantize
+from edgeprune.quantize import first_outputs, int8_scheme, mean_cosine, quantize, static_int8
+from edgeprune.quantize.fidelity import node_damage
 
 
 def _device(arch: str, isa: list[str]) -> DeviceProfile:
@@ -87,3 +88,37 @@ def test_candidate_that_loses_quality_is_rejected(tmp_path) -> None:
     assert result.fidelity["int8-static"] < 0.9 < result.fidelity["int8"]
     assert "int8-static" not in result.p50_ms and result.chosen != "int8-static"
     assert any(note.startswith("int8-static rejected: output cosine") for note in result.notes)
+
+
+def _outlier_mlp(path) -> tuple:
+    """x → MatMul → ReLU → MatMul → h → MatMul → y where one channel of h is 1000x the others but y ignores it:
+    per-tensor int8 ranges for h round the channels that matter to zero, unless h stays fp32."""
+    torch.manual_seed(0)
+    layers = [nn.Linear(16, 32, bias=False), nn.ReLU(), nn.Linear(32, 32, bias=False), nn.Linear(32, 8, bias=False)]
+    with torch.no_grad():
+        layers[2].weight[0] *= 1000.0
+        layers[3].weight[:, 0] = 0.0
+    x = torch.randn(64, 16)
+    onnx_path = export_module(nn.Sequential(*layers).eval(), path / "model.onnx", x[:4]).onnx_path
+    return onnx_path, [{"input": b.numpy()} for b in x.split(16)]
+
+
+def test_static_int8_leaves_the_most_damaging_nodes_in_fp32(tmp_path) -> None:
+    onnx_path, feeds = _outlier_mlp(tmp_path / "mlp")
+    scheme = int8_scheme(load_profile("host"))
+    reference = first_outputs(onnx_path, feeds)
+    whole = static_int8(onnx_path, tmp_path / "whole.onnx", scheme, feeds)
+    assert mean_cosine(reference, first_outputs(whole, feeds)) < 0.9  # fully quantized, the model is broken
+    first, producer, reader = [n.name for n in onnx.load(str(onnx_path)).graph.node if n.op_type == "MatMul"]
+    worst = node_damage(onnx_path, whole, feeds)[0]
+    assert worst.node == reader and worst.fp32_nodes == (reader, producer)  # h's reader, and h's producer
+    result = quantize(onnx_path, tmp_path / "int8", "host", rounds=1, runs=3, calibration=feeds, check=feeds)
+    assert result.excluded_nodes == sorted([producer, reader])
+    assert result.fidelity["int8-static"] >= 0.9 and result.fidelity["int8-static-qop"] >= 0.9
+    assert any(note.startswith("int8-static: 2 of ") and f"(the most damaging: {reader};" in note
+               for note in result.notes), result.notes
+    static = runtime.session(tmp_path / "int8" / "model.onnx")  # whatever shipped still runs
+    assert static.run(None, feeds[0])[0].shape == (16, 8)
+    partly = static_int8(onnx_path, tmp_path / "partly.onnx", scheme, feeds, exclude=result.excluded_nodes)
+    first_reads = [n for n in onnx.load(str(partly)).graph.node if n.name == first][0].input
+    assert any(name.endswith("DequantizeLinear_Output") for name in first_reads)  # the first MatMul stays int8
