@@ -16,13 +16,14 @@ when no int8 form beats it — and every decision is a note.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edgeprune import runtime
 from edgeprune.data import calibration_sentences, sample_sentences
+from edgeprune.errors import ModelLoadError
 from edgeprune.evaluate import tokenize
 from edgeprune.files import size_mb, staged_dir
 from edgeprune.profile.devices import DeviceProfile, load_profile
@@ -40,6 +41,9 @@ from edgeprune.quantize.forms import (
     static_int8,
 )
 from edgeprune.quiet import quiet
+
+FORMS = ("int8", "int8-fused", "int8-static", "int8-static-qop")
+"""The int8 candidates: dynamic, dynamic after transformer fusion, static QDQ, static QOperator."""
 
 MIN_FIDELITY = 0.9
 """An int8 candidate whose outputs fall below this mean cosine to its fp32 parent is rejected however fast it is:
@@ -82,7 +86,7 @@ class QuantizeResult:
 def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile | str = "host", *,
              seq_len: int = 128, rounds: int = 3, runs: int = 30, calibration: list[Feed] | None = None,
              check: list[Feed] | None = None, static_method: str = "minmax",
-             min_fidelity: float = MIN_FIDELITY) -> QuantizeResult:
+             min_fidelity: float = MIN_FIDELITY, forms: Sequence[str] = FORMS) -> QuantizeResult:
     """Write the fastest int8 form that keeps quality to ``out_dir/model.onnx`` — fp32 when none is faster.
 
     Static candidates take activation ranges from ``calibration`` (input feeds; by default the
@@ -90,8 +94,12 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     candidate whose outputs fall below ``min_fidelity`` mean cosine to fp32 on ``check`` feeds
     (default: the parity sentences for text models, else the calibration feeds) is rejected,
     after static ones have tried leaving their most damaging nodes in fp32; the rest are timed
-    side by side with fp32 and the fastest is written. Every decision is in ``notes``.
+    side by side with fp32 and the fastest is written. Every decision is in ``notes``. ``forms`` limits the
+    int8 candidates (a search quantizing many prunings of one model tries only the form that won the first).
     """
+    unknown = sorted(set(forms) - set(FORMS))
+    if unknown:
+        raise ModelLoadError(f"unknown int8 form(s) {unknown}", f"use some of: {', '.join(FORMS)}")
     onnx_path = Path(onnx_path)
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     runtime.session(onnx_path)  # fail early, with a clear error, on a missing or corrupt model
@@ -100,14 +108,16 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     with staged_dir(out_dir, inputs=[onnx_path.parent]) as tmp:
         work = tmp / "candidates"
         work.mkdir()
-        candidates = {"fp32": onnx_path, "int8": dynamic_int8(onnx_path, work / "int8.onnx", scheme)}
+        candidates = {"fp32": onnx_path}
+        if "int8" in forms:
+            candidates["int8"] = dynamic_int8(onnx_path, work / "int8.onnx", scheme)
         notes: list[str] = []
-        fused = fuse_transformer(onnx_path, work / "fused.onnx")
-        if fused is None:
+        fused = fuse_transformer(onnx_path, work / "fused.onnx") if "int8-fused" in forms else None
+        if fused is None and "int8-fused" in forms:
             notes.append("transformer fusion found nothing to fuse")
-        elif (diff := max_abs_diff(onnx_path, fused)) > FUSION_ATOL:
+        elif fused is not None and (diff := max_abs_diff(onnx_path, fused)) > FUSION_ATOL:
             notes.append(f"fused graph rejected: differs from the export by {diff:.2g}")
-        else:
+        elif fused is not None:
             candidates["int8-fused"] = dynamic_int8(fused, work / "int8-fused.onnx", scheme)
         text = _text_feeds(onnx_path)
         calibration = calibration if calibration is not None else text["calibration"]
@@ -121,7 +131,7 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         fidelity = {"fp32": 1.0, **{name: fidelity_of(path) for name, path in candidates.items() if name != "fp32"}}
         excluded: list[str] = []
         ranges = work / "calibration-ranges.json"
-        if calibration:
+        if calibration and {"int8-static", "int8-static-qop"} & set(forms):
             static = static_int8(onnx_path, work / "int8-static.onnx", scheme, calibration, static_method,
                                  cache=ranges)
             fidelity["int8-static"] = fidelity_of(static)
@@ -130,14 +140,17 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
                     onnx_path, static, fidelity["int8-static"], min_fidelity, fidelity_of,
                     lambda exclude, dst: static_int8(onnx_path, dst, scheme, calibration, static_method,
                                                      exclude=exclude, cache=ranges), checks, notes)
-            candidates["int8-static"] = static
-            candidates["int8-static-qop"] = static_int8(onnx_path, work / "int8-static-qop.onnx", scheme,
-                                                        calibration, static_method, fmt="qoperator", exclude=excluded,
-                                                        cache=ranges)
-            fidelity["int8-static-qop"] = fidelity_of(candidates["int8-static-qop"])
-        else:
+            if "int8-static" in forms:
+                candidates["int8-static"] = static
+            if "int8-static-qop" in forms:
+                candidates["int8-static-qop"] = static_int8(onnx_path, work / "int8-static-qop.onnx", scheme,
+                                                            calibration, static_method, fmt="qoperator",
+                                                            exclude=excluded, cache=ranges)
+                fidelity["int8-static-qop"] = fidelity_of(candidates["int8-static-qop"])
+        elif not calibration:
             notes.append("static int8 skipped: no calibration inputs (pass calibration feeds, or keep the "
                          "tokenizer beside the model)")
+        fidelity = {name: value for name, value in fidelity.items() if name in candidates}
         for name, value in fidelity.items():
             if value < min_fidelity:
                 notes.append(f"{name} rejected: output cosine to fp32 {value:.4f} < {min_fidelity}")
@@ -228,5 +241,5 @@ def _copy_sidecars(src_dir: Path, dst_dir: Path) -> None:
             shutil.copy2(item, dst_dir / item.name)
 
 
-__all__ = ["MIN_FIDELITY", "STATIC_METHODS", "Feed", "Int8Scheme", "QuantizeResult", "dynamic_int8", "first_outputs",
-           "int8_scheme", "mean_cosine", "quantize", "static_int8"]
+__all__ = ["FORMS", "MIN_FIDELITY", "STATIC_METHODS", "Feed", "Int8Scheme", "QuantizeResult", "dynamic_int8",
+           "first_outputs", "int8_scheme", "mean_cosine", "quantize", "static_int8"]

@@ -44,8 +44,8 @@ def node_damage(fp32: Path, qdq: Path, feeds: list[Feed]) -> list[Damage]:
     """Nodes of the ``fp32`` graph ranked by the quantization error they add in its ``qdq`` form, worst first.
 
     Every node output keeps its name in a QDQ graph, so onnxruntime's QDQ debugger can record
-    each one in both models on ``feeds``, as its readers see it (dequantized); its SQNR against
-    fp32 says how much error has reached it. Error accumulates along the graph, so a node is
+    each one in both models on ``feeds``, as its readers see it (dequantized); its relative error
+    against fp32 says how much error has reached it. Error accumulates along the graph, so a node is
     charged only with what it adds: the relative error of its output minus that of its worst
     input — its quantized weights and output. An outlier-heavy activation feeding a MatMul puts
     that MatMul at the top: the activation's error is small in norm, the MatMul's output is not.
@@ -53,7 +53,6 @@ def node_damage(fp32: Path, qdq: Path, feeds: list[Feed]) -> list[Damage]:
     from onnxruntime.quantization.qdq_loss_debug import (
         DEQUANT_OUTPUT_SUFFIX,
         collect_activations,
-        compute_signal_to_quantization_noice_ratio,
         modify_model_output_intermediate_tensors,
     )
 
@@ -67,7 +66,7 @@ def node_damage(fp32: Path, qdq: Path, feeds: list[Feed]) -> list[Damage]:
     # what readers see: the dequantized value where a tensor was quantized (a fused ReLU lives only there)
     seen = {tensor: quantized.get(tensor + DEQUANT_OUTPUT_SUFFIX, quantized.get(tensor))
             for tensor in activations["fp32"]}
-    relative = {tensor: 10 ** (-compute_signal_to_quantization_noice_ratio(values, seen[tensor]) / 20)
+    relative = {tensor: _relative_error(values, seen[tensor])
                 for tensor, values in activations["fp32"].items() if seen[tensor] is not None}
     nodes = onnx.load(str(fp32), load_external_data=False).graph.node
     producer = {output: node.name for node in nodes for output in node.output}
@@ -80,3 +79,14 @@ def node_damage(fp32: Path, qdq: Path, feeds: list[Feed]) -> list[Damage]:
             fp32_nodes = (node.name, *sorted({producer[i] for i in inputs if producer.get(i)}))
             damage.append(Damage(node.name, added, fp32_nodes))
     return sorted(damage, key=lambda d: (-d.added, d.node))
+
+
+def _relative_error(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    """‖actual − expected‖ / ‖expected‖ over all batches, in float64 and over finite entries only (attention masks
+    hold float32's lowest value, whose square overflows float32)."""
+    e = np.concatenate([np.ravel(x) for x in expected]).astype(np.float64)
+    a = np.concatenate([np.ravel(x) for x in actual]).astype(np.float64)
+    if e.shape != a.shape:
+        return 0.0
+    finite = np.isfinite(e) & np.isfinite(a)
+    return float(np.linalg.norm((a - e)[finite]) / max(np.linalg.norm(e[finite]), 1e-30))

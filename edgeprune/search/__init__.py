@@ -5,8 +5,9 @@ table is measured on the real runtime: per-layer cost of heads and of FFN neuron
 linear with its flat stretches (``latency_table``). The budget is then allocated by
 importance per millisecond across all layers (``prune.allocate.by_latency``), and that
 candidate is built for real — pruning with recovery, parity-checked export, the never-slower
-quantization — and measured. While the measured latency misses the budget (or beats it by far),
-the allocation target is corrected by the miss and rebuilt, at most ``REFINEMENTS`` times.
+quantization — and measured. Candidates aim ``TIMING_MARGIN`` under the budget, since the final
+check re-measures; while the measured latency misses that aim (or beats it by far), the
+allocation target is corrected by the miss and rebuilt, at most ``REFINEMENTS`` times.
 On this host latencies are measured; on any other device profile each is predicted from a host
 measurement by the cost model (``profile.estimate``) and carries its error band. Every
 candidate's quality is cosine fidelity to the dense model on the built-in sentences (and
@@ -36,13 +37,17 @@ from edgeprune.prune import Accumulation, PruningPlan, apply_plan, kept_macs_fra
 from edgeprune.prune.allocate import by_latency, uniform
 from edgeprune.prune.calibration import batches_for
 from edgeprune.prune.loaded import DEFAULT_ACCUMULATE, DEFAULT_CRITERION, DEFAULT_RECOVERY, prune_loaded
-from edgeprune.quantize import QuantizeResult, dynamic_int8, int8_scheme, quantize
+from edgeprune.quantize import FORMS, QuantizeResult, dynamic_int8, int8_scheme, quantize
 from edgeprune.search.latency_table import HEAD_GRID, NEURON_GRID, LatencyTable, grid_counts
 
 REFINEMENTS = 3
 """Real candidates built at most, correcting the allocation target by each measured miss."""
 SLACK = 0.1
 """A candidate faster than the budget by more than this fraction is rebuilt with less pruning (if builds remain)."""
+TIMING_MARGIN = 0.05
+"""Candidates aim this fraction under the budget, because the final check re-measures: the p90 of one pruned
+all-MiniLM-L6-v2 int8 model (one thread, 99 runs, beside its dense and fp32 forms) measured 5.67-6.05 ms in four
+calls in one process, and 5.85 vs 6.21 ms in the search vs the final check."""
 
 
 @dataclass
@@ -191,8 +196,14 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                               plan=plan)
         name = f"candidate-{len(built)}"
         exported = export(loaded, work / name / "fp32")
-        quant = quantize(exported.onnx_path, work / name / "model", device, seq_len=seq_len)
-        (value, low, high), = latencies([quant.onnx_path])
+        # pruning changes sizes, not which int8 kernels win: later builds try only the first build's form
+        first = next(iter(built.values()), None)
+        forms = (first.quantized.chosen.split(" ")[0],) if first and first.quantized.chosen != "fp32" else FORMS
+        quant = quantize(exported.onnx_path, work / name / "model", device, seq_len=seq_len, forms=forms)
+        if device.is_host:  # timed beside the models the final check times it with, as it will be
+            *_, (value, low, high) = latencies([dense_onnx, exported.onnx_path, quant.onnx_path])
+        else:
+            (value, low, high), = latencies([quant.onnx_path])
         encoder = evaluate.onnx_encoder(quant.onnx_path, dense.tokenizer, dense.pooling)
         fraction = kept_macs_fraction(loaded.model, plan.dense, seq_len)
         candidate = Candidate(keep_flops=round(fraction, 4), precision=quant.chosen,
@@ -210,7 +221,7 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
 
     base = make_plan(dense.model, keep_flops=1.0, scores=scores, criterion=criterion)
     notes = []
-    target = budget_ms
+    aim = target = budget_ms * (1 - TIMING_MARGIN)
     tried: list[tuple] = []
     for _ in range(REFINEMENTS):
         layers = by_latency(scores, table.head_cost, table.neuron_cost, target - table.fixed_ms)
@@ -223,21 +234,23 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                          f"(smallest: {table.fixed_ms:.3f} ms); building the fastest")
         plan = dataclasses.replace(base, layers=layers, allocation="latency", target={"latency_ms": round(target, 4)})
         candidate = build(plan, target)
-        miss = candidate.latency_ms - budget_ms
-        if candidate.meets_budget and (not acceptable(candidate) or -miss <= SLACK * budget_ms):
-            break  # close enough under the budget, or too lossy already: more pruning cannot help
-        if not candidate.meets_budget:
+        miss = candidate.latency_ms - aim
+        if candidate.meets_budget and (not acceptable(candidate) or -SLACK * budget_ms <= miss <= 0):
+            break  # close enough under the aim, or too lossy already: more pruning cannot help
+        if miss > 0:
             notes.append(f"allocated for {target:.3f} ms, measured {candidate.latency_ms:.3f} ms: "
                          f"correcting the target by the miss")
         target -= miss
     meeting = [c for c in candidates if acceptable(c) and not c.table]
-    chosen = max(meeting, key=lambda c: (c.stsb if c.stsb is not None else c.fidelity, c.keep_flops), default=None)
+    safe = [c for c in meeting if c.latency_ms <= aim] or meeting  # inside the timing margin only if nothing else
+    chosen = max(safe, key=lambda c: (c.stsb if c.stsb is not None else c.fidelity, c.keep_flops), default=None)
     kept = chosen or min((c for c in candidates if not c.table), key=lambda c: c.latency_ms)
     mark_pareto(candidates)
     for c in candidates:
         c.verdict = ("chosen" if c is chosen else "latency-table point: no recovery, not shipped" if c.table else
                      f"misses the budget: {c.latency_ms:.3f} ms > {budget_ms:g} ms" if not c.meets_budget else
                      f"loses {quality_drop(c):.4g} quality, more than {max_quality_drop:g}" if not acceptable(c) else
+                     f"meets the budget by less than the {TIMING_MARGIN:.0%} timing margin" if c not in safe else
                      "meets the budget with lower quality than the chosen one")
     advice = _advice(chosen, kept, candidates, table, budget_ms, dense_ms)
     summary = SearchSummary(budget_ms=budget_ms, percentile=percentile, device=device.name,
