@@ -2,9 +2,12 @@
 
 Kwon et al. (2022) in three steps. Importance is scored once (Fisher by default). A latency
 table is measured on the real runtime: per-layer cost of heads and of FFN neurons, piecewise
-linear with its flat stretches (``latency_table``). The budget is then allocated by
-importance per millisecond across all layers (``prune.allocate.by_latency``), and that
-candidate is built for real — pruning with recovery, parity-checked export, the never-slower
+linear with its flat stretches (``latency_table``). The budget is then allocated two ways:
+by importance per millisecond across all layers (``prune.allocate.by_latency``), and uniformly
+at the largest fraction the table predicts within it. Which is better varies (measured on
+all-MiniLM-L6-v2 at 40% of dense latency: STS-B 84.2 to 86.6 for cross-layer allocations, 86.0
+uniform; at 30%: 85.2 vs 82.3), so the one whose pruned model stays closer to the dense one
+before recovery is built for real — pruning with recovery, parity-checked export, the never-slower
 quantization — and measured. Candidates aim ``TIMING_MARGIN`` under the budget, since the final
 check re-measures; while the measured latency misses that aim (or beats it by far), the
 allocation target is corrected by the miss and rebuilt, at most ``REFINEMENTS`` times.
@@ -33,9 +36,10 @@ from edgeprune.models.loading import LoadedModel
 from edgeprune.profile import estimate
 from edgeprune.profile.devices import DeviceProfile, load_profile
 from edgeprune.profile.measure import compare_latency
-from edgeprune.prune import Accumulation, PruningPlan, apply_plan, kept_macs_fraction, make_plan, score
+from edgeprune.prune import Accumulation, LayerPlan, PruningPlan, apply_plan, kept_macs_fraction, make_plan, score
 from edgeprune.prune.allocate import by_latency, uniform
 from edgeprune.prune.calibration import batches_for
+from edgeprune.prune.importance import LayerScores
 from edgeprune.prune.loaded import DEFAULT_ACCUMULATE, DEFAULT_CRITERION, DEFAULT_RECOVERY, prune_loaded
 from edgeprune.quantize import FORMS, QuantizeResult, dynamic_int8, int8_scheme, quantize
 from edgeprune.search.latency_table import HEAD_GRID, NEURON_GRID, LatencyTable, grid_counts
@@ -210,7 +214,7 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
                               latency_ms=round(value, 4), low_ms=_round(low), high_ms=_round(high),
                               fidelity=fidelity(quant.onnx_path), meets_budget=value <= budget_ms,
                               stsb=None if stsb is None else round(evaluate.stsb_spearman(encoder, Path(stsb)), 2),
-                              setting=f"allocated for {target_ms:.3f} ms "
+                              setting=f"{plan.allocation} allocation for {target_ms:.3f} ms "
                                       f"(table predicts {table.predict(plan.layers):.3f})")
         built[id(candidate)] = Built(loaded, exported, quant)
         candidates.append(candidate)
@@ -223,8 +227,20 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     notes = []
     aim = target = budget_ms * (1 - TIMING_MARGIN)
     tried: list[tuple] = []
+    def unrecovered_fidelity(layers: tuple[LayerPlan, ...]) -> float:
+        plan = dataclasses.replace(base, layers=layers)
+        pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
+        shaped = LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
+        return evaluate.cosine_fidelity(reference, evaluate.torch_encoder(shaped)(texts))
+
     for _ in range(REFINEMENTS):
-        layers = by_latency(scores, table.head_cost, table.neuron_cost, target - table.fixed_ms)
+        allocations = {"latency": by_latency(scores, table.head_cost, table.neuron_cost, target - table.fixed_ms),
+                       "uniform": _uniform_within(scores, table, target)}
+        closeness = {name: unrecovered_fidelity(layers) for name, layers in allocations.items()}
+        allocation = max(closeness, key=closeness.get)
+        layers = allocations[allocation]
+        notes.append(f"allocations for {target:.3f} ms, cosine to dense before recovery: "
+                     + ", ".join(f"{name} {value:.4f}" for name, value in closeness.items()) + f"; built {allocation}")
         if layers in tried:
             notes.append(f"the allocation for {target:.3f} ms repeats an earlier candidate; stopping")
             break
@@ -232,7 +248,8 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         if table.predict(layers) > budget_ms:
             notes.append(f"the latency table predicts no allocation meets {budget_ms:g} ms "
                          f"(smallest: {table.fixed_ms:.3f} ms); building the fastest")
-        plan = dataclasses.replace(base, layers=layers, allocation="latency", target={"latency_ms": round(target, 4)})
+        plan = dataclasses.replace(base, layers=layers, allocation=allocation,
+                                   target={"latency_ms": round(target, 4)})
         candidate = build(plan, target)
         miss = candidate.latency_ms - aim
         if candidate.meets_budget and (not acceptable(candidate) or -SLACK * budget_ms <= miss <= 0):
@@ -262,7 +279,22 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     return SearchResult(summary=summary, chosen=chosen, kept=kept, build=built[id(kept)])
 
 
-def _table_plans(model: Any, scores: list, criterion: str) -> dict[tuple[str, int], PruningPlan]:
+def _uniform_within(scores: list[LayerScores], table: LatencyTable, target_ms: float) -> tuple[LayerPlan, ...]:
+    """Uniform pruning at the largest kept fraction the table predicts within ``target_ms`` (bisection; the
+    fraction's layers are monotone in it)."""
+    low, high = 0.0, 1.0
+    if table.predict(uniform(scores, 1.0, 1.0)) <= target_ms:
+        return uniform(scores, 1.0, 1.0)
+    for _ in range(30):
+        middle = (low + high) / 2
+        if middle > 0 and table.predict(uniform(scores, middle, middle)) <= target_ms:
+            low = middle
+        else:
+            high = middle
+    return uniform(scores, max(low, 1e-6), max(low, 1e-6))
+
+
+def _table_plans(model: Any, scores: list[LayerScores], criterion: str) -> dict[tuple[str, int], PruningPlan]:
     """The latency table's models: ("dense", 0), then every layer at each head count (all neurons), then at each
     neuron count (all heads); the most important units kept."""
     base = make_plan(model, keep_flops=1.0, scores=scores, criterion=criterion)
