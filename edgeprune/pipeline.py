@@ -149,7 +149,7 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                                criterion=settings.criterion, recover=settings.recover,
                                calibration=settings.calibration, stsb=settings.stsb,
                                max_quality_drop=settings.max_quality_drop, runs=settings.runs, device=device,
-                               seed=settings.seed)
+                               memory_mb=settings.memory_mb, seed=settings.seed)
                 pruned, pruned_export, quant = _adopt(found, tmp)
                 figures["search"] = found.to_dict()
         else:

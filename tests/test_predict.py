@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.profile.characterize import ConvRate, GemmRate, HostRates
+from edgeprune.profile.characterize import ConvRate, GemmRate, HostRates, StreamRate
 from edgeprune.profile.devices import detect_host, load_profile
 from edgeprune.profile.operators import OperatorProfile, OpTiming
 from edgeprune.profile.predict import predict_latency
@@ -135,3 +135,17 @@ def test_perf_test_output_and_bad_latencies(tmp_path) -> None:
     for bad, cause in (("-3", "not positive"), (str(tmp_path / "missing.txt"), "neither a latency")):
         with pytest.raises(ProfileError, match=cause):
             read_latency(bad)
+
+
+def test_element_wise_nodes_scale_like_the_probe_of_their_size() -> None:
+    """Small element-wise nodes stay on one thread in onnxruntime; streaming ones use both."""
+    def rates(threads: int) -> HostRates:
+        return replace(_rates(threads), elementwise=[StreamRate(12.0 * 4096, 10.0)])  # no thread scaling
+
+    small = OpTiming("add", "Add", "memory", 4096, 12.0 * 4096, ms=0.01)
+    large = OpTiming("gelu", "Gelu", "memory", 2e7, 3 * 64 * 2**20 * 4.0, ms=2.0)
+    ops = OperatorProfile(ops=[small, large], wall_ms=2.01, threads=1, batch=1, seq_len=128)
+    host = detect_host()
+    two = predict_latency(ops, host, threads=2, host=host, rates=rates)
+    assert two.latency_ms == pytest.approx(0.01 + 2.0 / 2)
+    assert rates(1).stream_rate(1e3) == pytest.approx(10e9)  # below the smallest probe: its rate

@@ -94,3 +94,18 @@ def test_search_on_a_predicted_device_reports_a_band(tiny_bert_dir, tmp_path) ->
     (line,) = report.verdicts
     assert line.profile == "rpi5" and line.predicted and line.low < line.value < line.high
     assert line.status == ("PASS" if line.high <= 50 else "FAIL" if line.low > 50 else "UNCERTAIN")
+
+
+def test_search_keeps_a_memory_budget(tiny_bert_dir, tmp_path) -> None:
+    """Fast enough is not enough: a candidate peaking above --memory-mb is pruned further, and when nothing fits
+    the run fails and says the memory budget is what is out of reach."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--latency-ms", "1000",
+                                 "--memory-mb", "0.001", *FAST])
+    assert result.exit_code == 1, result.output
+    report = Report.model_validate_json((out / "report.json").read_text())
+    built = [c for c in report.search.candidates if not c.table]
+    assert len(built) >= 2 and all(c.memory_mb > 0.001 for c in built)
+    assert all(c.verdict.startswith("misses the memory budget") for c in built)
+    assert built[1].keep_flops < built[0].keep_flops  # pruned further after the first missed memory
+    assert report.search.advice.startswith("memory budget 0.001 MiB is out of reach")

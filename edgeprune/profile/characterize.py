@@ -1,4 +1,5 @@
-"""What this host's onnxruntime really reaches: GEMM throughput (fp32 and dynamic int8) and memory bandwidth.
+"""What this host's onnxruntime really reaches: GEMM throughput (fp32 and dynamic int8), element-wise throughput
+by size, and memory bandwidth.
 
 Measured once per host, onnxruntime version and thread count with small synthetic graphs
 (the same kernels models use: MatMul, and MatMulIntegerToFloat after dynamic
@@ -13,7 +14,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,9 @@ DEPTHWISE_MAX_REDUCTION = 49
 """Convolutions summing at most this many products per output (≤ 7×7, one input channel) run as depthwise."""
 STREAM_BYTES = 64 * 2**20
 """Per tensor in the bandwidth probe: well beyond any cache here."""
+ELEMENTWISE_SIZES = (4096, 65536, 1048576)
+"""Elements per tensor of the element-wise probes: a model's activations range over these. Small ones stay in
+cache and onnxruntime splits them over fewer threads (or none), so their thread scaling differs from streaming."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,13 @@ class ConvRate:
 
 
 @dataclass(frozen=True)
+class StreamRate:
+    bytes_moved: float
+    """Per run of an element-wise Add: two inputs read, one output written."""
+    gbs: float
+
+
+@dataclass(frozen=True)
 class HostRates:
     """Rates at one thread count, keyed like the cache file."""
 
@@ -62,6 +73,8 @@ class HostRates:
     """Sustained bytes moved per second by an element-wise Add (two reads, one write)."""
     call_overhead_us: float
     """Time of one run of a one-node graph on a scalar: onnxruntime's fixed cost per run."""
+    elementwise: list[StreamRate] = field(default_factory=list)
+    """Element-wise Add throughput by size, the runtime's fixed cost per run taken off."""
 
     def rate(self, op_type: str, work: float, reduction: float, int8: bool) -> float:
         """Operations/s for a GEMM-class node: convolutions from the conv probe of their kind, the rest by size."""
@@ -70,6 +83,13 @@ class HostRates:
             probe = next(c for c in self.conv if c.kind == kind)
             return (probe.int8_gops if int8 else probe.fp32_gflops) * 1e9
         return self.gemm_rate(work, int8)
+
+    def stream_rate(self, traffic: float) -> float:
+        """Bytes/s an element-wise node moving ``traffic`` bytes reaches: log-linear between the probes, the
+        streaming bandwidth beyond them."""
+        points = sorted((r.bytes_moved, r.gbs) for r in self.elementwise) + [(3.0 * STREAM_BYTES, self.bandwidth_gbs)]
+        return float(np.interp(np.log(max(traffic, 1.0)), np.log([p[0] for p in points]),
+                               [p[1] for p in points])) * 1e9
 
     def gemm_rate(self, work: float, int8: bool) -> float:
         """Throughput (operations/s) expected for a GEMM of ``work`` operations: log-linear in size between probes."""
@@ -86,7 +106,8 @@ def host_rates(threads: int, cache_dir: Path | None = None, refresh: bool = Fals
         data = json.loads(path.read_text(encoding="utf-8"))
         return HostRates(threads=data["threads"], gemm=[GemmRate(**g) for g in data["gemm"]],
                          conv=[ConvRate(**c) for c in data["conv"]], bandwidth_gbs=data["bandwidth_gbs"],
-                         call_overhead_us=data["call_overhead_us"])
+                         call_overhead_us=data["call_overhead_us"],
+                         elementwise=[StreamRate(**e) for e in data["elementwise"]])
     rates = measure_rates(threads)
     atomic_write_json(path, asdict(rates))
     return rates
@@ -117,7 +138,13 @@ def measure_rates(threads: int) -> HostRates:
         add = _add_graph(work / "add.onnx", elements)
         bandwidth = 3 * STREAM_BYTES / min(_seconds(add, threads, repeats=10) for _ in range(3)) / 1e9
         overhead = _seconds(_add_graph(work / "scalar.onnx", 1), threads, repeats=2000) * 1e6
-    return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=bandwidth, call_overhead_us=overhead)
+        elementwise = []
+        for n in ELEMENTWISE_SIZES:
+            seconds = min(_seconds(_add_graph(work / f"add{n}.onnx", n), threads, repeats=400) for _ in range(3))
+            kernel = max(seconds - overhead / 1e6, seconds / 10)
+            elementwise.append(StreamRate(bytes_moved=12.0 * n, gbs=12.0 * n / kernel / 1e9))
+    return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=bandwidth, call_overhead_us=overhead,
+                     elementwise=elementwise)
 
 
 def _best_seconds(path: Path, threads: int, sessions: int = 3) -> float:
@@ -178,4 +205,4 @@ def _cache_path(threads: int, cache_dir: Path | None) -> Path:
     base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
     fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return Path(base) / f"host-rates-v2-{digest}-{threads}t.json"
+    return Path(base) / f"host-rates-v3-{digest}-{threads}t.json"

@@ -99,10 +99,8 @@ class _Scale:
     source: HostRates
     gemm: Callable[[str, float, float, bool], float]
     """(op type, work, reduction, int8) → target rate in operations/s."""
-    dram: float
-    """Host bandwidth over the target's."""
-    cache: float
-    """Host element-wise rate over the target's, for nodes that stay in cache."""
+    memory: Callable[[float], float]
+    """Bytes moved by an element-wise node → host rate over the target's."""
     clock: float
     soft_figures: list[str]
 
@@ -112,15 +110,18 @@ class _Scale:
             return (self.source.rate(op.op_type, op.work, op.reduction, int8)
                     / self.gemm(op.op_type, op.work, op.reduction, int8))
         if op.op_class == "memory":
-            return self.dram if op.traffic >= DRAM_BOUND_BYTES else self.cache
+            return self.memory(op.traffic)
         return self.clock
 
 
 def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: HostRates, rates: Rates) -> _Scale:
     if device.is_host:
         target = rates(threads)
-        stream = source.bandwidth_gbs / target.bandwidth_gbs  # element-wise nodes scale like the Add probe
-        return _Scale(source, target.rate, stream, stream, 1.0, [])
+
+        def measured(traffic: float) -> float:  # element-wise nodes scale like the Add probe of their size
+            return source.stream_rate(traffic) / target.stream_rate(traffic)
+
+        return _Scale(source, target.rate, measured, 1.0, [])
     one = rates(1)
     cluster = device.cluster
     soft = [name for name, q in _figures(device) if q is not None and q.kind in ("assumed", "derived")]
@@ -150,7 +151,12 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
         soft.append("bandwidth (none in the profile)")
     # cache-resident element-wise nodes: this host's element-wise rate, scaled by the cores' vector rate
     cache = source.bandwidth_gbs / (one.bandwidth_gbs * fp32 * parallel)
-    return _Scale(source, gemm, source.bandwidth_gbs / bandwidth, cache, clock, soft)
+    dram = source.bandwidth_gbs / bandwidth
+
+    def moved(traffic: float) -> float:
+        return dram if traffic >= DRAM_BOUND_BYTES else cache
+
+    return _Scale(source, gemm, moved, clock, soft)
 
 
 def _figures(device: DeviceProfile) -> list[tuple[str, Quantity | None]]:

@@ -63,11 +63,12 @@ def _candidates_table(report: Report) -> str:
     def band(c: Candidate) -> str:
         return "measured" if c.low_ms is None else f"{c.low_ms:.3f}–{c.high_ms:.3f}"
 
-    return _table("candidates", ("setting", "kept MACs", "precision", "ms", "band", "cosine", "STS-B", "Pareto",
-                                 "verdict"), [
+    return _table("candidates", ("setting", "kept MACs", "precision", "ms", "band", "peak MiB", "cosine", "STS-B",
+                                 "Pareto", "verdict"), [
         (html.escape(c.setting), f"{c.keep_flops:.3f}", c.precision, f"{c.latency_ms:.3f}", band(c),
-         f"{c.fidelity:.4f}", "–" if c.stsb is None else f"{c.stsb:.2f}", "yes" if c.pareto else "",
-         html.escape(c.verdict)) for c in report.search.candidates])
+         "–" if c.memory_mb is None else f"{c.memory_mb:.1f}", f"{c.fidelity:.4f}",
+         "–" if c.stsb is None else f"{c.stsb:.2f}", "yes" if c.pareto else "", html.escape(c.verdict))
+        for c in report.search.candidates])
 
 
 def _table(table_id: str, headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
