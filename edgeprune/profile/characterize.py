@@ -31,6 +31,9 @@ CONV_SHAPES = {"dense": (32, 32, 56, 1), "depthwise": (96, 96, 56, 96)}
 """(Cin, Cout, height = width, groups) of 3×3 convolution probes: a ResNet-style and a MobileNet-style one."""
 DEPTHWISE_MAX_REDUCTION = 49
 """Convolutions summing at most this many products per output (≤ 7×7, one input channel) run as depthwise."""
+COPIES = 8
+"""Nodes per probe graph. A one-node graph times the thread pool waking up on every run (2-thread element-wise
+probes came out slower than 1-thread ones that way), not the steady state a model's run keeps its threads in."""
 STREAM_BYTES = 64 * 2**20
 """Per tensor in the bandwidth probe: well beyond any cache here."""
 ELEMENTWISE_SIZES = (4096, 65536, 1048576)
@@ -124,24 +127,24 @@ def measure_rates(threads: int) -> HostRates:
         for m, k, n in GEMM_SHAPES:
             fp32 = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
             int8 = dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx", scheme)
-            flops = 2.0 * m * k * n
+            flops = 2.0 * m * k * n * COPIES
             gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
                                  int8_gops=flops / _best_seconds(int8, threads) / 1e9))
         conv = []
         for kind, (c_in, c_out, size, groups) in CONV_SHAPES.items():
             fp32 = _conv_graph(work / f"conv-{kind}.onnx", c_in, c_out, size, groups)
             int8 = dynamic_int8(fp32, work / f"conv-{kind}-int8.onnx", scheme)
-            flops = 2.0 * c_out * size * size * (c_in // groups) * 9
+            flops = 2.0 * c_out * size * size * (c_in // groups) * 9 * COPIES
             conv.append(ConvRate(kind, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
                                  int8_gops=flops / _best_seconds(int8, threads) / 1e9))
         elements = STREAM_BYTES // 4
-        add = _add_graph(work / "add.onnx", elements)
+        add = _add_graph(work / "add.onnx", elements, chain=1)  # DRAM-bound: waking up is negligible
         bandwidth = 3 * STREAM_BYTES / min(_seconds(add, threads, repeats=10) for _ in range(3)) / 1e9
-        overhead = _seconds(_add_graph(work / "scalar.onnx", 1), threads, repeats=2000) * 1e6
+        overhead = _seconds(_add_graph(work / "scalar.onnx", 1, chain=1), threads, repeats=2000) * 1e6
         elementwise = []
         for n in ELEMENTWISE_SIZES:
             seconds = min(_seconds(_add_graph(work / f"add{n}.onnx", n), threads, repeats=400) for _ in range(3))
-            kernel = max(seconds - overhead / 1e6, seconds / 10)
+            kernel = max(seconds - overhead / 1e6, seconds / 10) / COPIES
             elementwise.append(StreamRate(bytes_moved=12.0 * n, gbs=12.0 * n / kernel / 1e9))
     return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=bandwidth, call_overhead_us=overhead,
                      elementwise=elementwise)
@@ -150,15 +153,15 @@ def measure_rates(threads: int) -> HostRates:
 def _best_seconds(path: Path, threads: int, sessions: int = 3) -> float:
     """The fastest of a few sessions' medians: a session that starts while the VM's cores are slow to wake
     (2-thread timings here are bimodal) would otherwise fix a wrong rate in the cache for good."""
-    return min(_seconds(path, threads) for _ in range(sessions))
+    return min(_seconds(path, threads, repeats=25, warmup=5) for _ in range(sessions))
 
 
-def _seconds(path: Path, threads: int, repeats: int = 100) -> float:
+def _seconds(path: Path, threads: int, repeats: int = 100, warmup: int = 20) -> float:
     """Median seconds per run after warm-up."""
     sess = runtime.session(path, threads=threads)
     feed = {i.name: np.random.default_rng(0).standard_normal([d if isinstance(d, int) else 1 for d in i.shape])
             .astype(np.float32) for i in sess.get_inputs()}
-    for _ in range(20):
+    for _ in range(warmup):
         sess.run(None, feed)
     samples = []
     for _ in range(repeats):
@@ -169,31 +172,41 @@ def _seconds(path: Path, threads: int, repeats: int = 100) -> float:
 
 
 def _matmul_graph(path: Path, m: int, k: int, n: int) -> Path:
-    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((k, n)).astype(np.float32) * 0.05, "W")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "gemm",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [weight])
+    """``COPIES`` MatMuls of one input by different weights (different, so no pass merges them)."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32) * 0.05, f"W{i}")
+               for i in range(COPIES)]
+    nodes = [helper.make_node("MatMul", ["x", f"W{i}"], [f"y{i}"]) for i in range(COPIES)]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [m, n]) for i in range(COPIES)]
+    graph = helper.make_graph(nodes, "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              outputs, weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
 
 def _conv_graph(path: Path, c_in: int, c_out: int, size: int, groups: int) -> Path:
+    """``COPIES`` 3×3 convolutions of one input by different weights."""
     rng = np.random.default_rng(0)
-    weight = numpy_helper.from_array(rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32) * 0.05, "W")
-    bias = numpy_helper.from_array(np.zeros(c_out, dtype=np.float32), "B")
-    node = helper.make_node("Conv", ["x", "W", "B"], ["y"], pads=[1, 1, 1, 1], group=groups)
-    graph = helper.make_graph([node], "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                             [1, c_in, size, size])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c_out, size, size])],
-                              [weight, bias])
+    initializers, nodes, outputs = [], [], []
+    for i in range(COPIES):
+        initializers += [numpy_helper.from_array(
+            rng.standard_normal((c_out, c_in // groups, 3, 3)).astype(np.float32) * 0.05, f"W{i}"),
+            numpy_helper.from_array(np.full(c_out, i, dtype=np.float32), f"B{i}")]
+        nodes.append(helper.make_node("Conv", ["x", f"W{i}", f"B{i}"], [f"y{i}"], pads=[1, 1, 1, 1], group=groups))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [1, c_out, size, size]))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                            [1, c_in, size, size])],
+                              outputs, initializers)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
 
-def _add_graph(path: Path, elements: int) -> Path:
-    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "stream",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [elements]),
-                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [elements])],
+def _add_graph(path: Path, elements: int, chain: int = COPIES) -> Path:
+    """A chain of ``chain`` element-wise Adds (two inputs read, one output written each)."""
+    inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [elements]) for name in ("a", "b")]
+    nodes = [helper.make_node("Add", ["a" if i == 0 else f"t{i - 1}", "b"], [f"t{i}" if i < chain - 1 else "y"])
+             for i in range(chain)]
+    graph = helper.make_graph(nodes, "stream", inputs,
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [elements])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
@@ -205,4 +218,4 @@ def _cache_path(threads: int, cache_dir: Path | None) -> Path:
     base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
     fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return Path(base) / f"host-rates-v3-{digest}-{threads}t.json"
+    return Path(base) / f"host-rates-v4-{digest}-{threads}t.json"
