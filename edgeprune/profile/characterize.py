@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -78,6 +79,9 @@ class HostRates:
     """Time of one run of a one-node graph on a scalar: onnxruntime's fixed cost per run."""
     elementwise: list[StreamRate] = field(default_factory=list)
     """Element-wise Add throughput by size, the runtime's fixed cost per run taken off."""
+    rowwise: list[StreamRate] = field(default_factory=list)
+    """Row-wise Softmax throughput by size: normalizations and activations that onnxruntime splits by rows
+    across threads (measured 1.5-1.9x faster at 2 threads in MiniLM, where Add, Transpose and Mul were not)."""
 
     def rate(self, op_type: str, work: float, reduction: float, int8: bool) -> float:
         """Operations/s for a GEMM-class node: convolutions from the conv probe of their kind, the rest by size."""
@@ -87,10 +91,11 @@ class HostRates:
             return (probe.int8_gops if int8 else probe.fp32_gflops) * 1e9
         return self.gemm_rate(work, int8)
 
-    def stream_rate(self, traffic: float) -> float:
-        """Bytes/s an element-wise node moving ``traffic`` bytes reaches: log-linear between the probes, the
-        streaming bandwidth beyond them."""
-        points = sorted((r.bytes_moved, r.gbs) for r in self.elementwise) + [(3.0 * STREAM_BYTES, self.bandwidth_gbs)]
+    def stream_rate(self, traffic: float, rowwise: bool = False) -> float:
+        """Bytes/s an element-wise (or row-wise) node moving ``traffic`` bytes reaches: log-linear between the
+        probes, the streaming bandwidth beyond them."""
+        probes = self.rowwise if rowwise else self.elementwise
+        points = sorted((r.bytes_moved, r.gbs) for r in probes) + [(3.0 * STREAM_BYTES, self.bandwidth_gbs)]
         return float(np.interp(np.log(max(traffic, 1.0)), np.log([p[0] for p in points]),
                                [p[1] for p in points])) * 1e9
 
@@ -110,50 +115,59 @@ def host_rates(threads: int, cache_dir: Path | None = None, refresh: bool = Fals
         return HostRates(threads=data["threads"], gemm=[GemmRate(**g) for g in data["gemm"]],
                          conv=[ConvRate(**c) for c in data["conv"]], bandwidth_gbs=data["bandwidth_gbs"],
                          call_overhead_us=data["call_overhead_us"],
-                         elementwise=[StreamRate(**e) for e in data["elementwise"]])
+                         elementwise=[StreamRate(**e) for e in data["elementwise"]],
+                         rowwise=[StreamRate(**e) for e in data["rowwise"]])
     rates = measure_rates(threads)
     atomic_write_json(path, asdict(rates))
     return rates
 
 
-def measure_rates(threads: int) -> HostRates:
+def measure_rates(threads: int, rounds: int = 3) -> HostRates:
+    """Time every probe graph in ``rounds`` interleaved rounds and keep each one's best median.
+
+    2-thread timings on this VM flip between two speeds for seconds at a time; rounds spread
+    over the whole characterization let every probe see the fast state, instead of a probe's
+    sessions all landing in one slow stretch (a 2-thread int8 GEMM probe measured 968 vs 1422
+    GOPS in two back-to-back characterizations that way)."""
     from edgeprune.profile.devices import detect_host
     from edgeprune.quantize import dynamic_int8, int8_scheme  # quantize imports this package
 
     scheme = int8_scheme(detect_host())
     with tempfile.TemporaryDirectory(prefix="edgeprune-rates-") as tmp:
         work = Path(tmp)
-        gemm = []
+        graphs: dict[str, Path] = {}
         for m, k, n in GEMM_SHAPES:
-            fp32 = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
-            int8 = dynamic_int8(fp32, work / f"q{m}x{k}x{n}.onnx", scheme)
-            flops = 2.0 * m * k * n * COPIES
-            gemm.append(GemmRate(m, k, n, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
-                                 int8_gops=flops / _best_seconds(int8, threads) / 1e9))
-        conv = []
+            graphs[f"mm{m}x{k}x{n}"] = _matmul_graph(work / f"mm{m}x{k}x{n}.onnx", m, k, n)
+            graphs[f"q{m}x{k}x{n}"] = dynamic_int8(graphs[f"mm{m}x{k}x{n}"], work / f"q{m}x{k}x{n}.onnx", scheme)
         for kind, (c_in, c_out, size, groups) in CONV_SHAPES.items():
-            fp32 = _conv_graph(work / f"conv-{kind}.onnx", c_in, c_out, size, groups)
-            int8 = dynamic_int8(fp32, work / f"conv-{kind}-int8.onnx", scheme)
-            flops = 2.0 * c_out * size * size * (c_in // groups) * 9 * COPIES
-            conv.append(ConvRate(kind, fp32_gflops=flops / _best_seconds(fp32, threads) / 1e9,
-                                 int8_gops=flops / _best_seconds(int8, threads) / 1e9))
-        elements = STREAM_BYTES // 4
-        add = _add_graph(work / "add.onnx", elements, chain=1)  # DRAM-bound: waking up is negligible
+            graphs[f"conv-{kind}"] = _conv_graph(work / f"conv-{kind}.onnx", c_in, c_out, size, groups)
+            graphs[f"qconv-{kind}"] = dynamic_int8(graphs[f"conv-{kind}"], work / f"qconv-{kind}.onnx", scheme)
+        for n in ELEMENTWISE_SIZES:
+            graphs[f"add{n}"] = _add_graph(work / f"add{n}.onnx", n)
+            graphs[f"softmax{n}"] = _softmax_graph(work / f"softmax{n}.onnx", n)
+        best = {name: math.inf for name in graphs}
+        for _ in range(rounds):
+            for name, graph in graphs.items():
+                repeats = 400 if name.startswith(("add", "softmax")) else 25
+                best[name] = min(best[name], _seconds(graph, threads, repeats=repeats, warmup=5))
+        add = _add_graph(work / "add.onnx", STREAM_BYTES // 4, chain=1)  # DRAM-bound: waking up is negligible
         bandwidth = 3 * STREAM_BYTES / min(_seconds(add, threads, repeats=10) for _ in range(3)) / 1e9
         overhead = _seconds(_add_graph(work / "scalar.onnx", 1, chain=1), threads, repeats=2000) * 1e6
-        elementwise = []
-        for n in ELEMENTWISE_SIZES:
-            seconds = min(_seconds(_add_graph(work / f"add{n}.onnx", n), threads, repeats=400) for _ in range(3))
-            kernel = max(seconds - overhead / 1e6, seconds / 10) / COPIES
-            elementwise.append(StreamRate(bytes_moved=12.0 * n, gbs=12.0 * n / kernel / 1e9))
+    gemm = [GemmRate(m, k, n, fp32_gflops=2.0 * m * k * n * COPIES / best[f"mm{m}x{k}x{n}"] / 1e9,
+                     int8_gops=2.0 * m * k * n * COPIES / best[f"q{m}x{k}x{n}"] / 1e9) for m, k, n in GEMM_SHAPES]
+    conv = []
+    for kind, (c_in, c_out, size, groups) in CONV_SHAPES.items():
+        flops = 2.0 * c_out * size * size * (c_in // groups) * 9 * COPIES
+        conv.append(ConvRate(kind, fp32_gflops=flops / best[f"conv-{kind}"] / 1e9,
+                             int8_gops=flops / best[f"qconv-{kind}"] / 1e9))
+
+    def per_node(name: str, moved: float) -> StreamRate:
+        kernel = max(best[name] - overhead / 1e6, best[name] / 10) / COPIES
+        return StreamRate(bytes_moved=moved, gbs=moved / kernel / 1e9)
+
     return HostRates(threads=threads, gemm=gemm, conv=conv, bandwidth_gbs=bandwidth, call_overhead_us=overhead,
-                     elementwise=elementwise)
-
-
-def _best_seconds(path: Path, threads: int, sessions: int = 3) -> float:
-    """The fastest of a few sessions' medians: a session that starts while the VM's cores are slow to wake
-    (2-thread timings here are bimodal) would otherwise fix a wrong rate in the cache for good."""
-    return min(_seconds(path, threads, repeats=25, warmup=5) for _ in range(sessions))
+                     elementwise=[per_node(f"add{n}", 12.0 * n) for n in ELEMENTWISE_SIZES],
+                     rowwise=[per_node(f"softmax{n}", 8.0 * n) for n in ELEMENTWISE_SIZES])
 
 
 def _seconds(path: Path, threads: int, repeats: int = 100, warmup: int = 20) -> float:
@@ -212,10 +226,21 @@ def _add_graph(path: Path, elements: int, chain: int = COPIES) -> Path:
     return path
 
 
+def _softmax_graph(path: Path, elements: int, row: int = 128) -> Path:
+    """A chain of ``COPIES`` Softmax nodes over rows of ``row`` values (one read, one write each)."""
+    shape = [elements // row, row]
+    nodes = [helper.make_node("Softmax", ["x" if i == 0 else f"t{i - 1}"], [f"t{i}" if i < COPIES - 1 else "y"],
+                              axis=-1) for i in range(COPIES)]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
 def _cache_path(threads: int, cache_dir: Path | None) -> Path:
     from edgeprune.provenance import host_fingerprint
 
     base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
     fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
     digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return Path(base) / f"host-rates-v4-{digest}-{threads}t.json"
+    return Path(base) / f"host-rates-v6-{digest}-{threads}t.json"

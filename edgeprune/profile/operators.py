@@ -26,6 +26,11 @@ GEMM_FP32 = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "Conv", "Fu
                        "Attention", "MultiHeadAttention", "NhwcFusedConv"})
 GEMM_INT8 = frozenset({"MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
                        "ConvInteger", "QLinearConv", "QAttention", "QGemm", "NhwcQLinearConv"})
+ROWWISE = frozenset({"LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+                     "SkipSimplifiedLayerNormalization", "Softmax", "LogSoftmax", "Gelu", "BiasGelu", "FastGelu",
+                     "QuickGelu", "BiasSoftmax"})
+"""Memory-class ops onnxruntime splits by rows across threads (they scale with threads; Add, Mul, Transpose,
+Reshape did not in MiniLM's profiles)."""
 TINY_BYTES = 4096
 """Nodes moving less than this are bookkeeping (shapes, scalars): their time is pure overhead."""
 ITEMSIZE = {"float": 4, "float16": 2, "double": 8, "int64": 8, "int32": 4, "int8": 1, "uint8": 1, "bool": 1,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from edgeprune.profile.characterize import HostRates, host_rates
 from edgeprune.profile.devices import DeviceProfile, Quantity, detect_host
-from edgeprune.profile.operators import OperatorProfile, OpTiming
+from edgeprune.profile.operators import ROWWISE, OperatorProfile, OpTiming
 
 DRAM_BOUND_BYTES = 4 * 2**20
 """Element-wise nodes moving more than this stream from DRAM; smaller ones stay in cache."""
@@ -99,8 +99,8 @@ class _Scale:
     source: HostRates
     gemm: Callable[[str, float, float, bool], float]
     """(op type, work, reduction, int8) → target rate in operations/s."""
-    memory: Callable[[float], float]
-    """Bytes moved by an element-wise node → host rate over the target's."""
+    memory: Callable[[float, bool], float]
+    """(bytes moved, row-wise op) of an element-wise node → host rate over the target's."""
     clock: float
     soft_figures: list[str]
 
@@ -110,7 +110,7 @@ class _Scale:
             return (self.source.rate(op.op_type, op.work, op.reduction, int8)
                     / self.gemm(op.op_type, op.work, op.reduction, int8))
         if op.op_class == "memory":
-            return self.memory(op.traffic)
+            return self.memory(op.traffic, op.op_type in ROWWISE)
         return self.clock
 
 
@@ -118,8 +118,8 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     if device.is_host:
         target = rates(threads)
 
-        def measured(traffic: float) -> float:  # element-wise nodes scale like the Add probe of their size
-            return source.stream_rate(traffic) / target.stream_rate(traffic)
+        def measured(traffic: float, rowwise: bool) -> float:  # like the probe of their kind and size
+            return source.stream_rate(traffic, rowwise) / target.stream_rate(traffic, rowwise)
 
         return _Scale(source, target.rate, measured, 1.0, [])
     one = rates(1)
@@ -153,7 +153,7 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     cache = source.bandwidth_gbs / (one.bandwidth_gbs * fp32 * parallel)
     dram = source.bandwidth_gbs / bandwidth
 
-    def moved(traffic: float) -> float:
+    def moved(traffic: float, _rowwise: bool) -> float:  # no probes on the device: both kinds scale alike
         return dram if traffic >= DRAM_BOUND_BYTES else cache
 
     return _Scale(source, gemm, moved, clock, soft)
