@@ -1,4 +1,4 @@
-"""Budgeted search: the least-pruned — hence best-quality — model that meets a latency budget on a target.
+"""Budgeted search: the best-quality pruned + quantized model that meets a latency budget on a target.
 
 Kwon et al. (2022) in three steps. Importance is scored once (Fisher by default). A latency
 table is measured on the real runtime: per-layer cost of heads and of FFN neurons, piecewise
@@ -163,9 +163,11 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
         # predicted at the device's own thread count, as the final verdict is
         return [estimate(p, device, seq_len=seq_len, runs=runs, memory=False).latency(percentile) for p in paths]
 
-    def fidelity(onnx_path: Path) -> float:
-        encoder = evaluate.onnx_encoder(onnx_path, dense.tokenizer, dense.pooling)
+    def fidelity(encoder: evaluate.Encoder) -> float:
         return round(evaluate.cosine_fidelity(reference, encoder(texts)), 5)
+
+    def onnx_encoder(onnx_path: Path) -> evaluate.Encoder:
+        return evaluate.onnx_encoder(onnx_path, dense.tokenizer, dense.pooling)
 
     batches = batches_for(criterion, "none", dense.tokenizer, calibration)
     scores = score(dense.model, criterion, batches, Accumulation(DEFAULT_ACCUMULATE), seed)
@@ -190,7 +192,7 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     candidates: list[Candidate] = []
     for (kind, count), (value, low, high), path, fraction in zip(points, timed, paths, macs):
         candidates.append(Candidate(keep_flops=round(fraction, 4), precision="int8",
-                                    latency_ms=round(value, 4), fidelity=fidelity(path),
+                                    latency_ms=round(value, 4), fidelity=fidelity(onnx_encoder(path)),
                                     meets_budget=value <= budget_ms, table=True, low_ms=_round(low),
                                     high_ms=_round(high),
                                     setting="dense" if kind == "dense" else f"{kind}: {count} per layer"))
@@ -216,13 +218,13 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
             value *= dense_ms / dense_now  # drift between calls (2-thread speed flips here) taken out
         else:
             (value, low, high), = latencies([quant.onnx_path])
-        encoder = evaluate.onnx_encoder(quant.onnx_path, dense.tokenizer, dense.pooling)
+        encoder = onnx_encoder(quant.onnx_path)
         fraction = kept_macs_fraction(loaded.model, plan.dense, seq_len)
         peak = None if memory_mb is None else measure_peak_memory(
             quant.onnx_path, threads if device.is_host else 1, seq_len=seq_len).peak_over_baseline_mb
         candidate = Candidate(keep_flops=round(fraction, 4), precision=quant.chosen,
                               latency_ms=round(value, 4), low_ms=_round(low), high_ms=_round(high),
-                              fidelity=fidelity(quant.onnx_path), memory_mb=_round(peak),
+                              fidelity=fidelity(encoder), memory_mb=_round(peak),
                               meets_budget=value <= budget_ms and (peak is None or peak <= memory_mb),
                               stsb=None if stsb is None else round(evaluate.stsb_spearman(encoder, Path(stsb)), 2),
                               setting=f"{plan.allocation} allocation for {target_ms:.3f} ms "
@@ -234,10 +236,11 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, percentile
     def acceptable(c: Candidate) -> bool:
         return c.meets_budget and (max_quality_drop is None or quality_drop(c) <= max_quality_drop)
 
-    base = make_plan(dense.model, keep_flops=1.0, scores=scores, criterion=criterion)
+    base = points[("dense", 0)]
     notes = []
     aim = target = budget_ms * (1 - TIMING_MARGIN)
     tried: list[tuple[LayerPlan, ...]] = []
+
     def quality(c: Candidate) -> float:
         return c.stsb if c.stsb is not None else c.fidelity
 
