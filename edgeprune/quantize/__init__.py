@@ -131,21 +131,23 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         fidelity = {"fp32": 1.0, **{name: fidelity_of(path) for name, path in candidates.items() if name != "fp32"}}
         excluded: list[str] = []
         ranges = work / "calibration-ranges.json"
+
+        def static_form(dst: Path, **options: Any) -> Path:
+            """A static int8 form of the graph; every form after the first reuses the calibrated ranges."""
+            return static_int8(onnx_path, dst, scheme, calibration, static_method, cache=ranges, **options)
+
         if calibration and {"int8-static", "int8-static-qop"} & set(forms):
-            static = static_int8(onnx_path, work / "int8-static.onnx", scheme, calibration, static_method,
-                                 cache=ranges)
+            static = static_form(work / "int8-static.onnx")
             fidelity["int8-static"] = fidelity_of(static)
             if fidelity["int8-static"] < min_fidelity:
                 static, fidelity["int8-static"], excluded = _exclude_damaging_nodes(
                     onnx_path, static, fidelity["int8-static"], min_fidelity, fidelity_of,
-                    lambda exclude, dst: static_int8(onnx_path, dst, scheme, calibration, static_method,
-                                                     exclude=exclude, cache=ranges), checks, notes)
+                    lambda exclude, dst: static_form(dst, exclude=exclude), checks, notes)
             if "int8-static" in forms:
                 candidates["int8-static"] = static
             if "int8-static-qop" in forms:
-                candidates["int8-static-qop"] = static_int8(onnx_path, work / "int8-static-qop.onnx", scheme,
-                                                            calibration, static_method, fmt="qoperator",
-                                                            exclude=excluded, cache=ranges)
+                candidates["int8-static-qop"] = static_form(work / "int8-static-qop.onnx", fmt="qoperator",
+                                                            exclude=excluded)
                 fidelity["int8-static-qop"] = fidelity_of(candidates["int8-static-qop"])
         elif not calibration:
             notes.append("static int8 skipped: no calibration inputs (pass calibration feeds, or keep the "
@@ -163,9 +165,8 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
             def variant(keep_fp32: str, dst: Path) -> Path:
                 int8_ops = [op for op in ops if op != keep_fp32]
                 if winner.startswith("int8-static"):
-                    return static_int8(onnx_path, dst, scheme, calibration, static_method, op_types=int8_ops,
-                                       fmt="qoperator" if winner.endswith("qop") else "qdq", exclude=excluded,
-                                       cache=ranges)
+                    return static_form(dst, op_types=int8_ops, exclude=excluded,
+                                       fmt="qoperator" if winner.endswith("qop") else "qdq")
                 return dynamic_int8(fused if winner == "int8-fused" else onnx_path, dst, scheme, op_types=int8_ops)
 
             variants = {f"{winner} ({op} in fp32)": variant(op, work / f"{winner}-no-{op}.onnx") for op in ops}
