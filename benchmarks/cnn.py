@@ -31,16 +31,16 @@ import torch
 
 from edgeprune import runtime
 from edgeprune.data.images import load_imagenet_sample
-from edgeprune.export import export_module
+from edgeprune.devices import detect_host
+from edgeprune.exporting import export_module
 from edgeprune.files import size_mb
 from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.models.vae import ConvVAE, load_digits_images, psnr, reconstruction_loss, train_vae
-from edgeprune.profile.devices import detect_host
-from edgeprune.profile.measure import compare_latency
-from edgeprune.prune.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
-from edgeprune.prune.importance import Accumulation
-from edgeprune.quantize import int8_scheme, static_int8
+from edgeprune.profiling.measure import compare_latency
+from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
+from edgeprune.pruning.importance import Accumulation
+from edgeprune.quantization import int8_scheme, static_int8
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (1.3, 1.6)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.pipeline import DEFAULT_KEEP_FLOPS, OptimizeSettings, optimize
-from edgeprune.profile import compare_latency
+from edgeprune.profiling import compare_latency
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
 
@@ -39,7 +39,7 @@ def main() -> None:
         paths = [out / row.measurement.model for row in result.rows]
         two = compare_latency(paths, threads=2, rounds=5, runs=60)
 
-    base1 = result.rows[0].measurement.latency.p50
+    base1 = result.rows[0].measurement.latency_stats.p50
     base2 = two[0].p50
     header = (f"{'model':<14}{'p50 1T ms':>10}{'speedup 1T':>11}{'p50 2T ms':>10}{'speedup 2T':>11}"
               f"{'size MB':>9}{'peak MiB':>9}{'cosine':>8}{'STS-B':>7}")
@@ -50,8 +50,8 @@ def main() -> None:
     print("-" * len(header))
     for row, lat2 in zip(result.rows, two):
         m = row.measurement
-        print(f"{row.name:<14}{m.latency.p50:>10.2f}{base1 / m.latency.p50:>10.2f}x{lat2.p50:>10.2f}"
-              f"{base2 / lat2.p50:>10.2f}x{m.size_mb:>9.1f}{m.memory.peak_over_baseline_mb:>9.0f}"
+        print(f"{row.name:<14}{m.latency_stats.p50:>10.2f}{base1 / m.latency_stats.p50:>10.2f}x{lat2.p50:>10.2f}"
+              f"{base2 / lat2.p50:>10.2f}x{m.size_mb:>9.1f}{m.memory_stats.peak_over_baseline_mb:>9.0f}"
               f"{row.fidelity:>8.4f}{row.stsb_spearman:>7.2f}")
     print(f"2-thread p50 per session (5 alternating sessions x 60 runs), final model: "
           f"{[round(float(np.median(two[-1].samples_ms[i:i + 60])), 2) for i in range(0, 300, 60)]}")

@@ -25,17 +25,17 @@ import torch
 from torch import nn
 
 from edgeprune import evaluate
-from edgeprune.export import export
+from edgeprune.devices import detect_host
+from edgeprune.exporting import export
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model
 from edgeprune.models.pretrained import efficientnet_lite0
-from edgeprune.profile import compare_latency
-from edgeprune.profile.devices import detect_host
-from edgeprune.profile.memory import measure_peak_memory
-from edgeprune.profile.operators import OperatorProfile, profile_operators
-from edgeprune.profile.predict import predict_latency, swap_precision
-from edgeprune.prune import apply_plan, make_plan
-from edgeprune.quantize import dynamic_int8, int8_scheme
+from edgeprune.profiling import compare_latency
+from edgeprune.profiling.memory import measure_peak_memory
+from edgeprune.profiling.operators import OperatorProfile, profile_operators
+from edgeprune.profiling.predict import predict_latency, swap_precision
+from edgeprune.pruning import apply_plan, make_plan
+from edgeprune.quantization import dynamic_int8, int8_scheme
 
 
 def text_encoders(work: Path) -> dict[str, Path]:
@@ -47,9 +47,9 @@ def text_encoders(work: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     built = {
         "minilm": dense,
-        "minilm-pruned": LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan),
-        "bert-base": LoadedModel(BertModel(BertConfig()).eval(), dense.tokenizer, dense.path, dense.task, "mean"),
-        "mobilebert": LoadedModel(MobileBertModel(MobileBertConfig()).eval(), dense.tokenizer, dense.path,
+        "minilm-pruned": LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan),
+        "bert-base": LoadedModel(BertModel(BertConfig()).eval(), dense.processor, dense.path, dense.task, "mean"),
+        "mobilebert": LoadedModel(MobileBertModel(MobileBertConfig()).eval(), dense.processor, dense.path,
                                   dense.task, "mean"),
     }
     return {name: export(model, work / name, atol=1e-2).onnx_path for name, model in built.items()}

@@ -29,14 +29,14 @@ import numpy as np
 import torch
 
 from edgeprune import evaluate
-from edgeprune.export import export
+from edgeprune.exporting import export
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model
-from edgeprune.profile import compare_latency
-from edgeprune.prune import Accumulation, apply_plan, make_plan, score
-from edgeprune.prune.calibration import calibration_batches
-from edgeprune.prune.recover import DISTILL_STEPS, distill, least_squares
-from edgeprune.quantize import quantize
+from edgeprune.profiling import compare_latency
+from edgeprune.pruning import Accumulation, apply_plan, make_plan, score
+from edgeprune.pruning.calibration import calibration_batches
+from edgeprune.pruning.recover import DISTILL_STEPS, distill, least_squares
+from edgeprune.quantization import quantize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 KEEP_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 2 / 3, 0.6, 0.55, 0.5)
@@ -108,7 +108,7 @@ class Evaluator:
         return result.onnx_path, result.chosen
 
     def quality(self, onnx_path: Path) -> dict[str, float]:
-        encoder = evaluate.onnx_encoder(onnx_path, self.dense.tokenizer, self.dense.pooling, threads=EVAL_THREADS)
+        encoder = evaluate.onnx_encoder(onnx_path, self.dense.processor, self.dense.pooling, threads=EVAL_THREADS)
         embeddings = encoder(self.sentences)
         train = encoder([self.ag.texts[i] for i in self.train])
         held = encoder([self.ag.texts[i] for i in self.held])
@@ -126,7 +126,7 @@ def speed_levels(dense: LoadedModel, evaluator: Evaluator, dense_onnx: Path, den
     for keep in KEEP_GRID:
         plan = make_plan(dense.model, keep_flops=keep)
         pruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model), plan).eval()
-        paths[keep] = evaluator.int8(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling,
+        paths[keep] = evaluator.int8(LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling,
                                                  plan))[0]
     stats = compare_latency([dense_onnx, *paths.values()], threads=1, rounds=4, runs=40)
     base = stats[0].p50
@@ -163,7 +163,7 @@ def main() -> None:
         texts = [ag.texts[i] for i in order[-args.calibration_texts:]]  # neither probe training nor evaluation
     else:
         texts = wiki_sentences(SHARED / "wikitext2" / "wiki.test.raw", args.calibration_texts, args.seed)
-    batches = calibration_batches(dense.tokenizer, texts)
+    batches = calibration_batches(dense.processor, texts)
     print(f"calibration: {len(texts)} {args.calibration_source} texts", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -212,7 +212,7 @@ def main() -> None:
                         model = copy.deepcopy(model)
                         distill(dense.model, model, batches, args.distill_steps, seed=args.seed)
                     elapsed += time.perf_counter() - t0
-                    onnx_path, form = evaluator.int8(LoadedModel(model, dense.tokenizer, dense.path, dense.task,
+                    onnx_path, form = evaluator.int8(LoadedModel(model, dense.processor, dense.path, dense.task,
                                                                  dense.pooling, plan))
                     report(Row(level, speedup, keep, criterion, accumulate, recovery, **evaluator.quality(onnx_path),
                                prune_seconds=elapsed, quantized_form=form))

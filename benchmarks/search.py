@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 from edgeprune import evaluate
-from edgeprune.export import export
+from edgeprune.exporting import export
 from edgeprune.models.loading import load_model
 from edgeprune.pipeline import OptimizeSettings, optimize
-from edgeprune.profile import compare_latency
-from edgeprune.prune.loaded import prune_loaded
-from edgeprune.quantize import quantize
+from edgeprune.profiling import compare_latency
+from edgeprune.pruning.loaded import prune_loaded
+from edgeprune.quantization import quantize
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
 UNIFORM_KEEPS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
@@ -39,7 +39,7 @@ def fixed_models(work: Path) -> dict[str, tuple[Path, float]]:
         pruned = prune_loaded(dense, keep_flops=keep)
         paths[f"uniform keep {keep:.1f} + int8"] = quantize(export(pruned, work / f"pruned-{keep}").onnx_path,
                                                              work / f"pruned-{keep}-int8").onnx_path
-    return {name: (path, evaluate.stsb_spearman(evaluate.onnx_encoder(path, dense.tokenizer, dense.pooling), STSB))
+    return {name: (path, evaluate.stsb_spearman(evaluate.onnx_encoder(path, dense.processor, dense.pooling), STSB))
             for name, path in paths.items()}
 
 
@@ -65,7 +65,7 @@ def searched(work: Path, budget: float, threads: int) -> dict:
     return {"passed": result.passed, "keep_flops": search["chosen_keep_flops"],
             "precision": result.manifest["stages"]["quantize"]["chosen"],
             "kept_macs": result.manifest["stages"]["prune"]["kept_macs_fraction"],
-            "p90_ms": shipped.measurement.latency.p90, "stsb": shipped.stsb_spearman, "seconds": seconds,
+            "p90_ms": shipped.measurement.latency_stats.p90, "stsb": shipped.stsb_spearman, "seconds": seconds,
             "builds": sum(not c["table"] for c in search["candidates"]), "advice": search["advice"]}
 
 

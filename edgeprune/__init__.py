@@ -2,24 +2,64 @@
 
 The Python API mirrors the CLI: ``prune`` → ``export`` → ``quantize`` → ``profile`` →
 ``check``, or all of them with ``optimize``.
+
+Names are imported on first use (PEP 562), so ``import edgeprune`` and ``edgeprune --help``
+start without torch. The stages live in packages named for the work they do (``pruning``,
+``exporting``, ``quantization``, ``profiling``, ``budgets``), never for the API function, so
+importing a stage cannot replace ``edgeprune.prune`` or ``edgeprune.profile`` with a module.
 """
 
 from __future__ import annotations
 
-from edgeprune.check import Budget, Verdict, check
-from edgeprune.errors import EdgepruneError
-from edgeprune.export import export, export_module
-from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
-from edgeprune.pipeline import OptimizeSettings, optimize
-from edgeprune.profile import DeviceProfile, Measurement, load_profile, profile
-from edgeprune.prune import PruningPlan, prune
-from edgeprune.prune.channels import ChannelPlan, prune_channels
-from edgeprune.prune.loaded import prune_loaded
-from edgeprune.quantize import quantize
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Budget", "ChannelPlan", "DeviceProfile", "EdgepruneError", "LoadedModel", "Measurement",
-           "OptimizeSettings", "PruningPlan", "Verdict", "check", "export", "export_module", "load_model",
-           "load_profile", "load_pruned", "optimize", "profile", "prune", "prune_channels", "prune_loaded",
-           "quantize", "save_pruned"]
+_EXPORTS = {
+    "Budget": "edgeprune.budgets", "Verdict": "edgeprune.budgets", "check": "edgeprune.budgets",
+    "EdgepruneError": "edgeprune.errors",
+    "export": "edgeprune.exporting", "export_module": "edgeprune.exporting",
+    "LoadedModel": "edgeprune.models.loading", "load_model": "edgeprune.models.loading",
+    "load_pruned": "edgeprune.models.loading", "save_pruned": "edgeprune.models.loading",
+    "OptimizeSettings": "edgeprune.pipeline", "optimize": "edgeprune.pipeline",
+    "DeviceProfile": "edgeprune.devices", "load_profile": "edgeprune.devices",
+    "Measurement": "edgeprune.profiling", "Estimate": "edgeprune.profiling", "profile": "edgeprune.profiling",
+    "estimate": "edgeprune.profiling",
+    "PruningPlan": "edgeprune.models.plan", "prune": "edgeprune.pruning",
+    "ChannelPlan": "edgeprune.pruning.channels", "prune_channels": "edgeprune.pruning.channels",
+    "prune_loaded": "edgeprune.pruning.loaded",
+    "quantize": "edgeprune.quantization",
+}
+
+__all__ = ["Budget", "ChannelPlan", "DeviceProfile", "EdgepruneError", "Estimate", "LoadedModel", "Measurement",
+           "OptimizeSettings", "PruningPlan", "Verdict", "check", "estimate", "export", "export_module",
+           "load_model", "load_profile", "load_pruned", "optimize", "profile", "prune", "prune_channels",
+           "prune_loaded", "quantize", "save_pruned"]
+
+if TYPE_CHECKING:
+    from edgeprune.budgets import Budget, Verdict, check
+    from edgeprune.devices import DeviceProfile, load_profile
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.exporting import export, export_module
+    from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
+    from edgeprune.models.plan import PruningPlan
+    from edgeprune.pipeline import OptimizeSettings, optimize
+    from edgeprune.profiling import Estimate, Measurement, estimate, profile
+    from edgeprune.pruning import prune
+    from edgeprune.pruning.channels import ChannelPlan, prune_channels
+    from edgeprune.pruning.loaded import prune_loaded
+    from edgeprune.quantization import quantize
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeprune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,13 +15,9 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgeprune.errors import EdgepruneError
-from edgeprune.prune.loaded import (
-    DEFAULT_ACCUMULATE,
-    DEFAULT_ALLOCATION,
-    DEFAULT_CRITERION,
-    DEFAULT_EMA_DECAY,
-    DEFAULT_RECOVERY,
-)
+from edgeprune.options import PruneOptions, check_target
+
+DEFAULTS = PruneOptions()
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Prune, export, quantize and profile models for edge devices; check latency budgets.")
@@ -49,10 +45,12 @@ Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, a
 Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (by score per MAC).")]
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
 EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
-Calibration = Annotated[Path | None, typer.Option(help="Calibration text, one per line (default: built-in).")]
+Calibration = Annotated[Path | None, typer.Option(
+    help="Calibration data: a text file, one text per line (default: built-in sentences), or for an image model a "
+         "folder of images (every 4th is held out for fidelity).")]
 Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, lstsq (re-fit output projections), "
                                              "distill (lstsq, then distillation from the dense model).")]
-DistillSteps = Annotated[int | None, typer.Option(help="Distillation steps with --recover distill (default 400).")]
+DistillSteps = Annotated[int, typer.Option(help="Distillation steps with --recover distill.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
 
@@ -115,13 +113,13 @@ def optimize(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Criterion = DEFAULT_CRITERION,
-    allocation: Allocation = DEFAULT_ALLOCATION,
-    accumulate: Accumulate = DEFAULT_ACCUMULATE,
-    ema_decay: EmaDecay = DEFAULT_EMA_DECAY,
+    criterion: Criterion = DEFAULTS.criterion,
+    allocation: Allocation = DEFAULTS.allocation,
+    accumulate: Accumulate = DEFAULTS.accumulate,
+    ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
-    recover: Recover = DEFAULT_RECOVERY,
-    distill_steps: DistillSteps = None,
+    recover: Recover = DEFAULTS.recover,
+    distill_steps: DistillSteps = DEFAULTS.distill_steps,
     latency_ms: Annotated[float | None, typer.Option(
         help="Latency budget (ms) at --percentile. Without a pruning target, search for the least pruning that "
              "meets it.")] = None,
@@ -140,14 +138,14 @@ def optimize(
     from edgeprune.pipeline import OptimizeSettings
     from edgeprune.pipeline import optimize as run_pipeline
 
+    options = PruneOptions(criterion=criterion, allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
+                           calibration=str(calibration) if calibration else None, recover=recover,
+                           distill_steps=distill_steps, seed=seed)
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
-                                heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, criterion=criterion,
-                                allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
-                                calibration=str(calibration) if calibration else None, recover=recover,
-                                distill_steps=distill_steps, latency_ms=latency_ms,
+                                heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, prune=options, latency_ms=latency_ms,
                                 memory_mb=memory_mb, min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
-                                stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop, seed=seed)
+                                stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop)
     with _progress() as stage:
         result = run_pipeline(settings, out_dir, stage=stage)
     out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
@@ -158,8 +156,8 @@ def optimize(
         table.add_column("STS-B", justify="right")
     for row in result.rows:
         m = row.measurement
-        cells = [row.name, f"{m.latency.p50:.2f}", f"{m.latency.p90:.2f}", f"{row.speedup:.2f}x",
-                 f"{m.size_mb:.1f}", f"{m.memory.peak_over_baseline_mb:.0f}", f"{row.fidelity:.4f}"]
+        cells = [row.name, f"{m.latency('p50')[0]:.2f}", f"{m.latency('p90')[0]:.2f}", f"{row.speedup:.2f}x",
+                 f"{m.size_mb:.1f}", f"{m.memory()[0]:.0f}", f"{row.fidelity:.4f}"]
         table.add_row(*cells, *([f"{row.stsb_spearman:.2f}"] if stsb else []))
     out.print(table)
     stages = result.manifest["stages"]
@@ -183,28 +181,30 @@ def prune_command(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Criterion = DEFAULT_CRITERION,
-    allocation: Allocation = DEFAULT_ALLOCATION,
-    accumulate: Accumulate = DEFAULT_ACCUMULATE,
-    ema_decay: EmaDecay = DEFAULT_EMA_DECAY,
+    criterion: Criterion = DEFAULTS.criterion,
+    allocation: Allocation = DEFAULTS.allocation,
+    accumulate: Accumulate = DEFAULTS.accumulate,
+    ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
-    recover: Recover = DEFAULT_RECOVERY,
-    distill_steps: DistillSteps = None,
+    recover: Recover = DEFAULTS.recover,
+    distill_steps: DistillSteps = DEFAULTS.distill_steps,
     seed: Seed = 0,
 ) -> None:
     """Physically remove attention heads and FFN neurons; save safetensors + config + plan."""
     from edgeprune.files import guard_output
     from edgeprune.models.loading import load_model, save_pruned
-    from edgeprune.prune import kept_macs_fraction
-    from edgeprune.prune.loaded import prune_loaded
+    from edgeprune.pruning import kept_macs_fraction
+    from edgeprune.pruning.loaded import prune_loaded
 
+    options = PruneOptions(criterion=criterion, allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
+                           calibration=str(calibration) if calibration else None, recover=recover,
+                           distill_steps=distill_steps, seed=seed)
+    check_target(keep_flops, heads_ratio, ffn_ratio)
     dense = load_model(model)
     guard_output(out_dir, inputs=[dense.path])  # before minutes of work, not after
     with _progress() as stage, stage("Pruning" + ("" if recover == "none" else f" and recovering ({recover})")) as tick:
         pruned = prune_loaded(dense, keep_flops=keep_flops, heads_ratio=heads_ratio, ffn_ratio=ffn_ratio,
-                              criterion=criterion, allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
-                              calibration=calibration, recover=recover, distill_steps=distill_steps, seed=seed,
-                              tick=tick)
+                              options=options, tick=tick)
     save_pruned(pruned, out_dir)
     plan = pruned.plan
     out.print(f"kept heads {plan.kept_heads}, FFN neurons {plan.kept_neurons} "
@@ -227,7 +227,7 @@ def export_command(
     atol: Annotated[float, typer.Option(help="Max abs difference allowed against PyTorch.")] = 1e-4,
 ) -> None:
     """Export to ONNX (dynamic batch and sequence) and check parity against PyTorch on real text."""
-    from edgeprune.export import export
+    from edgeprune.exporting import export
 
     result = export(model, out_dir, atol=atol)
     out.print(f"{result.onnx_path}: parity max |Δ| = {result.max_abs_diff:.2e} on {result.parity_texts} padded texts")
@@ -241,7 +241,7 @@ def quantize_command(
     profile: ProfileOpt = "host",
 ) -> None:
     """Dynamic int8 in the fastest form for the target (never slower than fp32)."""
-    from edgeprune.quantize import quantize
+    from edgeprune.quantization import quantize
 
     result = quantize(model, out_dir, profile)
     timings = ", ".join(f"{k} {v:.2f} ms" for k, v in result.p50_ms.items())
@@ -263,30 +263,20 @@ def profile_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
 ) -> None:
     """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles."""
-    from edgeprune.profile import estimate, load_profile
-    from edgeprune.profile import profile as measure
+    from edgeprune.profiling import measure_or_predict
 
-    device = load_profile(profile)
-    if not device.is_host:
-        e = estimate(model, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
-        table = Table(title=f"{model} on {e.device}, predicted ({e.threads} thread(s), batch {batch}, seq {seq_len})")
-        for column in ("p50 ms", "p90 ms", "band", "peak MiB over baseline"):
-            table.add_column(column, justify="right")
-        (p50, low, high), (p90, _, _), (mem, _, _) = e.latency("p50"), e.latency("p90"), e.memory()
-        table.add_row(f"{p50:.2f}", f"{p90:.2f}", f"{low:.2f}-{high:.2f} (±{e.prediction.band:.0%})", f"{mem:.0f}")
-        out.print(table)
-        out.print("; ".join(e.prediction.basis), highlight=False, soft_wrap=True)
-        _write_json(json_out, e.to_dict())
-        return
-    m = measure(model, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
-    lat = m.latency.to_dict()
-    table = Table(title=f"{model} on {m.profile} ({m.threads} thread(s), batch {batch}, seq {seq_len})")
-    for column in ("p50 ms", "p90 ms", "p99 ms", "std ms", "size MB", "peak MiB over baseline"):
+    result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
+    how = ", predicted" if result.predicted else ""
+    table = Table(title=f"{model} on {result.device}{how} ({result.threads} thread(s), batch {batch}, seq {seq_len})")
+    for column in ("p50 ms", "p90 ms", "p99 ms", "p50 band", "size MB", "peak MiB over baseline"):
         table.add_column(column, justify="right")
-    table.add_row(f"{lat['p50']:.2f}", f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{lat['std']:.2f}",
-                  f"{m.size_mb:.1f}", f"{m.memory.peak_over_baseline_mb:.0f}")
+    (p50, low, high), (p90, _, _), (p99, _, _) = (result.latency(p) for p in ("p50", "p90", "p99"))
+    band = f"{low:.2f}-{high:.2f} (±{(high - p50) / p50:.0%})" if result.predicted else "measured"
+    table.add_row(f"{p50:.2f}", f"{p90:.2f}", f"{p99:.2f}", band, f"{result.size_mb:.1f}", f"{result.memory()[0]:.0f}")
     out.print(table)
-    _write_json(json_out, m.to_dict())
+    if result.predicted:
+        out.print("; ".join(result.basis), highlight=False, soft_wrap=True)
+    _write_json(json_out, result.to_dict())
 
 
 @app.command("check")
@@ -308,14 +298,14 @@ def check_command(
 
     On this host the model is measured; on any other profile it is predicted with an error band.
     """
-    from edgeprune.check import Budget, check, junit_xml, passed
+    from edgeprune.budgets import Budget, check, junit_xml, passed
     from edgeprune.files import atomic_write_text
 
     budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile)
     lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
     _print_verdicts(lines)
-    if hasattr(result, "prediction"):
-        out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.prediction.basis),
+    if result.predicted:
+        out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.basis),
                   highlight=False, soft_wrap=True)
     _write_json(json_out, {"passed": passed(lines), "verdicts": [v.to_dict() for v in lines],
                            "measurement": result.to_dict()})
@@ -334,7 +324,7 @@ def check_command(
 @handled
 def profiles_list() -> None:
     """List the device profiles."""
-    from edgeprune.profile.devices import available_profiles, load_profile
+    from edgeprune.devices import available_profiles, load_profile
 
     table = Table()
     table.add_column("name", no_wrap=True)
@@ -353,7 +343,7 @@ def profiles_list() -> None:
 @handled
 def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or YAML file.")]) -> None:
     """Print a profile as YAML (validated)."""
-    from edgeprune.profile.devices import load_profile
+    from edgeprune.devices import load_profile
 
     out.print(load_profile(name).to_yaml(), highlight=False, markup=False)
 
@@ -362,7 +352,7 @@ def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or YAML
 @handled
 def profiles_validate(path: Annotated[Path, typer.Argument(help="Profile YAML file.")]) -> None:
     """Check a profile file against the schema; exit 2 naming the first bad field."""
-    from edgeprune.profile.devices import parse_profile
+    from edgeprune.devices import parse_profile
 
     device = parse_profile(path)
     figures = _quantities(device.model_dump(exclude_none=True))
@@ -391,10 +381,10 @@ def calibrate_command(
     threads: ThreadsOpt = None,
 ) -> None:
     """Fit a profile's predictions to latencies measured on the device; write the calibrated profile."""
+    from edgeprune.devices import load_profile, profile_dir
     from edgeprune.errors import OutputError
     from edgeprune.files import atomic_write_text
-    from edgeprune.profile.calibrate import calibrate, read_latency
-    from edgeprune.profile.devices import load_profile, profile_dir
+    from edgeprune.profiling.calibrate import calibrate, read_latency
 
     device = load_profile(profile)
     source = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else profile_dir() / f"{profile}.yaml"

@@ -38,3 +38,7 @@ class ProfileError(EdgepruneError):
 
 class OutputError(EdgepruneError):
     """An output location would overwrite an input or something edgeprune did not write."""
+
+
+class BadArgumentError(EdgepruneError):
+    """An option has a value edgeprune cannot use (unknown name, out of range, contradicting another)."""

@@ -15,57 +15,57 @@ import numpy as np
 import torch
 
 from edgeprune import runtime
+from edgeprune.data.inputs import model_inputs
+from edgeprune.data.text import as_torch
 from edgeprune.errors import EdgepruneError
 from edgeprune.models.loading import LoadedModel
 
-Encoder = Callable[[list[str]], np.ndarray]
-MAX_LENGTH = 128
+Encoder = Callable[[list[object]], np.ndarray]
+"""Texts or images → one vector each."""
 BATCH_SIZE = 32
 
 
-def tokenize(tokenizer: object, texts: list[str], max_length: int = MAX_LENGTH) -> dict[str, np.ndarray]:
-    """Pad to the longest text in the batch, so parity and quality see real padding."""
-    return dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"))
-
-
-def as_torch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """Tokenizer arrays as the tensors a PyTorch model takes (shared memory, no copy)."""
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-
-def pool(output: np.ndarray, attention_mask: np.ndarray, pooling: str) -> np.ndarray:
-    """Token states (batch, seq, dim) → one vector per text; 2-D outputs (logits) pass through."""
+def pool(output: np.ndarray, attention_mask: np.ndarray | None, pooling: str) -> np.ndarray:
+    """Token states (batch, positions, dim) → one vector per input; 2-D outputs (logits) pass through. Without an
+    attention mask (images) every position is real."""
     if output.ndim == 2:
         return output
     if pooling == "cls":
         return output[:, 0]
+    if attention_mask is None:
+        return output.mean(axis=1)
     mask = attention_mask[..., None].astype(output.dtype)
     return (output * mask).sum(axis=1) / np.clip(mask.sum(axis=1), 1e-9, None)
 
 
-def _batched(encode_batch: Callable[[list[str]], np.ndarray]) -> Encoder:
-    def encode(texts: list[str]) -> np.ndarray:
-        return np.concatenate([encode_batch(texts[i:i + BATCH_SIZE]) for i in range(0, len(texts), BATCH_SIZE)])
+def _batched(encode_batch: Callable[[list[object]], np.ndarray]) -> Encoder:
+    def encode(items: list[object]) -> np.ndarray:
+        return np.concatenate([encode_batch(items[i:i + BATCH_SIZE]) for i in range(0, len(items), BATCH_SIZE)])
     return encode
 
 
 def torch_encoder(loaded: LoadedModel) -> Encoder:
     @torch.no_grad()
-    def encode_batch(texts: list[str]) -> np.ndarray:
-        arrays = tokenize(loaded.tokenizer, texts)
+    def encode_batch(items: list[object]) -> np.ndarray:
+        arrays = model_inputs(loaded.processor, items)
         output = loaded.model(**as_torch(arrays))[0]
-        return pool(output.float().numpy(), arrays["attention_mask"], loaded.pooling)
+        return pool(output.float().numpy(), arrays.get("attention_mask"), loaded.pooling)
     return _batched(encode_batch)
 
 
-def onnx_encoder(onnx_path: Path, tokenizer: object, pooling: str, threads: int = 1) -> Encoder:
+def onnx_encoder(onnx_path: Path, processor: object, pooling: str, threads: int = 1) -> Encoder:
     sess = runtime.session(onnx_path, threads=threads)
 
-    def encode_batch(texts: list[str]) -> np.ndarray:
-        arrays = tokenize(tokenizer, texts)
+    def encode_batch(items: list[object]) -> np.ndarray:
+        arrays = model_inputs(processor, items)
         output = sess.run(None, runtime.feed(sess, arrays))[0]
-        return pool(output, arrays["attention_mask"], pooling)
+        return pool(output, arrays.get("attention_mask"), pooling)
     return _batched(encode_batch)
+
+
+def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Share of inputs whose highest-scoring class is the same in both (rows are logits)."""
+    return float((reference.argmax(axis=1) == candidate.argmax(axis=1)).mean())
 
 
 def cosine_fidelity(reference: np.ndarray, candidate: np.ndarray) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -17,25 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune import evaluate
-from edgeprune.check import Budget, Verdict, passed, verdicts
-from edgeprune.data import sample_sentences
-from edgeprune.export import ExportResult, export
+from edgeprune.budgets import Budget, Verdict, passed, verdicts
+from edgeprune.data.inputs import model_inputs
+from edgeprune.errors import BadArgumentError
+from edgeprune.exporting import ExportResult, export
 from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
+from edgeprune.models.base import TEXT
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
-from edgeprune.profile import Measurement, compare_latency, estimate, load_profile
-from edgeprune.profile.memory import measure_peak_memory
-from edgeprune.profile.operators import profile_operators
+from edgeprune.options import PruneOptions, check_percentile, check_target
+from edgeprune.profiling import Measurement, compare_latency, estimate, load_profile
+from edgeprune.profiling.memory import measure_peak_memory
+from edgeprune.profiling.operators import profile_operators
 from edgeprune.provenance import host_fingerprint, versions
-from edgeprune.prune import kept_macs_fraction
-from edgeprune.prune.loaded import (
-    DEFAULT_ACCUMULATE,
-    DEFAULT_ALLOCATION,
-    DEFAULT_CRITERION,
-    DEFAULT_EMA_DECAY,
-    DEFAULT_RECOVERY,
-    prune_loaded,
-)
-from edgeprune.quantize import QuantizeResult, quantize
+from edgeprune.pruning import kept_macs_fraction
+from edgeprune.pruning.calibration import calibration_items
+from edgeprune.pruning.loaded import prune_loaded
+from edgeprune.quantization import QuantizeResult, quantize
 from edgeprune.report import write_reports
 from edgeprune.report.build import report_from
 from edgeprune.search import SearchResult, search
@@ -63,14 +61,8 @@ class OptimizeSettings:
     keep_flops: float | None = None
     heads_ratio: float | None = None
     ffn_ratio: float | None = None
-    criterion: str = DEFAULT_CRITERION
-    allocation: str = DEFAULT_ALLOCATION
-    accumulate: str = DEFAULT_ACCUMULATE
-    ema_decay: float = DEFAULT_EMA_DECAY
-    calibration: str | None = None
-    """Text file (one text per line) for data-driven criteria and recovery; default: built-in sentences."""
-    recover: str = DEFAULT_RECOVERY
-    distill_steps: int | None = None
+    prune: PruneOptions = field(default_factory=PruneOptions)
+    """How units are scored, allocated and recovered (the same object the CLI's ``prune`` builds)."""
     latency_ms: float | None = None
     memory_mb: float | None = None
     min_speedup: float = DEFAULT_MIN_SPEEDUP
@@ -83,7 +75,19 @@ class OptimizeSettings:
     stsb: str | None = None
     max_quality_drop: float | None = None
     """With a searched budget: the most quality a candidate may lose (STS-B points with --stsb, else 1 − cosine)."""
-    seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Refuse every bad value before any work starts (not after minutes of pruning)."""
+        check_target(self.keep_flops, self.heads_ratio, self.ffn_ratio)
+        check_percentile(self.percentile)
+        for name, value in (("--latency-ms", self.latency_ms), ("--memory-mb", self.memory_mb),
+                            ("--min-speedup", self.min_speedup)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise BadArgumentError(f"{name} {value} is not a positive finite number", f"pass {name} > 0")
+        for name, count in (("--threads", self.threads), ("--batch", self.batch), ("--seq-len", self.seq_len),
+                            ("--runs", self.runs)):
+            if count is not None and count < 1:
+                raise BadArgumentError(f"{name} {count} is not positive", f"pass {name} 1 or more")
 
     def searches(self) -> bool:
         """A latency budget without a fixed pruning target: search for the setting that meets it."""
@@ -105,11 +109,14 @@ class ModelRow:
     speedup: float
     fidelity: float | None
     stsb_spearman: float | None
+    top1_agreement: float | None = None
+    """Image classifiers: share of held-out images given the dense model's top class."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "speedup": round(self.speedup, 3),
                 "cosine_fidelity": None if self.fidelity is None else round(self.fidelity, 5),
                 "stsb_spearman": None if self.stsb_spearman is None else round(self.stsb_spearman, 2),
+                "top1_agreement": None if self.top1_agreement is None else round(self.top1_agreement, 4),
                 **self.measurement.to_dict()}
 
 
@@ -136,34 +143,36 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     threads = settings.threads or (device.runtime.threads if device.is_host else 1)
     with stage("Loading model"):
         dense = load_model(settings.model)
+        if settings.searches() and dense.modality != TEXT:
+            raise BadArgumentError("the budgeted search (--latency-ms without a pruning target) supports text models",
+                                   "pass --keep-flops (or --heads-ratio/--ffn-ratio) with --latency-ms")
+        items = calibration_items(dense, settings.prune.calibration)
+    parity_inputs = None if dense.modality == TEXT else items[1]
     out_dir = Path(out_dir)
     figures: dict[str, Any] = {}
     with staged_dir(out_dir, inputs=[dense.path]) as tmp:
         with stage("Exporting the dense baseline to ONNX"):
-            dense_export = export(dense, tmp / "dense-onnx")
+            dense_export = export(dense, tmp / "dense-onnx", inputs=parity_inputs)
         t0 = time.perf_counter()
         if settings.searches():
             with stage(f"Searching for the best model within {settings.latency_ms:g} ms {settings.percentile}"):
                 found = search(dense, settings.latency_ms, tmp / "search", dense_onnx=dense_export.onnx_path,
                                percentile=settings.percentile, threads=threads, seq_len=settings.seq_len,
-                               criterion=settings.criterion, recover=settings.recover,
-                               calibration=settings.calibration, stsb=settings.stsb,
+                               options=settings.prune, stsb=settings.stsb,
                                max_quality_drop=settings.max_quality_drop, runs=settings.runs, device=device,
-                               memory_mb=settings.memory_mb, seed=settings.seed)
+                               memory_mb=settings.memory_mb)
                 pruned, pruned_export, quant = _adopt(found, tmp)
                 figures["search"] = found.to_dict()
         else:
-            recovering = "" if settings.recover == "none" else f" and recovering ({settings.recover})"
+            recover = settings.prune.recover
+            recovering = "" if recover == "none" else f" and recovering ({recover})"
             with stage(f"Pruning heads and FFN neurons{recovering}") as tick:
-                pruned = prune_loaded(dense, **settings.pruning_target(), criterion=settings.criterion,
-                                      allocation=settings.allocation, accumulate=settings.accumulate,
-                                      ema_decay=settings.ema_decay, calibration=settings.calibration,
-                                      recover=settings.recover, distill_steps=settings.distill_steps,
-                                      seed=settings.seed, tick=tick)
+                pruned = prune_loaded(dense, **settings.pruning_target(), options=settings.prune, tick=tick)
             with stage("Exporting the pruned model to ONNX (parity-checked)"):
-                pruned_export = export(pruned, tmp / "onnx")
+                pruned_export = export(pruned, tmp / "onnx", inputs=parity_inputs)
             with stage("Quantizing to int8 (timing candidates)"):
-                quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len)
+                quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len,
+                                 **_feeds(dense, items))
         save_pruned(pruned, tmp / "pruned")
         plan = pruned.plan
         figures["prune"] = {"seconds": round(time.perf_counter() - t0, 2), "kept_heads": plan.kept_heads,
@@ -179,24 +188,23 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
         with stage(f"Profiling {len(models)} models side by side ({threads} thread(s))"):
             measurements = _measure(models, tmp, device.name, threads, settings)
         with stage("Measuring quality"):
-            rows = _rows(dense, models, measurements, settings)
-        if device.is_host:
-            budget = _budget(settings, measurements["dense fp32"].latency.percentile(settings.percentile))
-            lines = verdicts(rows[-1].measurement, budget)
+            rows = _rows(dense, models, measurements, settings, items[1])
+        if device.is_host:  # judged on the side-by-side measurements just made
+            shipped, dense_ms = rows[-1].measurement, measurements["dense fp32"].latency(settings.percentile)[0]
         else:
             with stage(f"Predicting the shipped model on {device.name}"):
                 dense_ms = None if settings.latency_ms is not None else estimate(
                     dense_export.onnx_path, device, seq_len=settings.seq_len, memory=False).latency(
                     settings.percentile)[0]
-                budget = _budget(settings, dense_ms)
-                predicted = estimate(quant.onnx_path, device, seq_len=settings.seq_len,
-                                     memory=settings.memory_mb is not None)
-                lines = verdicts(predicted, budget)
-                figures["prediction"] = predicted.to_dict()
+                shipped = estimate(quant.onnx_path, device, seq_len=settings.seq_len,
+                                   memory=settings.memory_mb is not None)
+                figures["prediction"] = shipped.to_dict()
+        budget = _budget(settings, dense_ms)
+        lines = verdicts(shipped, budget)
         with stage("Profiling operators and writing the report"):
             figures["op_time_ms"] = _op_times(dense_export.onnx_path, quant.onnx_path, settings.seq_len)
             manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,
-                                 time.perf_counter() - started)
+                                 time.perf_counter() - started, items[1])
             atomic_write_json(tmp / "run.json", manifest)
             write_reports(tmp, report_from(manifest, plan))
     return RunResult(out_dir=out_dir, rows=rows, verdicts=lines, manifest=manifest)
@@ -232,26 +240,40 @@ def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads:
     host, lib_versions = host_fingerprint(), versions()
     return {
         name: Measurement(model=str(path.relative_to(run_dir)), profile=profile_name, size_mb=size_mb(path),
-                          threads=threads, batch=settings.batch, seq_len=settings.seq_len, latency=latency,
-                          memory=measure_peak_memory(path, threads, settings.batch, settings.seq_len),
+                          threads=threads, batch=settings.batch, seq_len=settings.seq_len, latency_stats=latency,
+                          memory_stats=measure_peak_memory(path, threads, settings.batch, settings.seq_len),
                           host=host, versions=lib_versions)
         for (name, path), latency in zip(models.items(), stats)
     }
 
 
 def _rows(dense: LoadedModel, models: dict[str, Path], measurements: dict[str, Measurement],
-          settings: OptimizeSettings) -> list[ModelRow]:
-    texts = sample_sentences()
-    reference = evaluate.torch_encoder(dense)
-    reference_embeddings = reference(texts)
-    base = measurements["dense fp32"].latency.p50
+          settings: OptimizeSettings, held_out: list[object]) -> list[ModelRow]:
+    """Quality of each model on inputs never calibrated on: cosine fidelity to the dense PyTorch model (and
+    top-1 agreement for classifiers of images; STS-B Spearman with --stsb)."""
+    reference_embeddings = evaluate.torch_encoder(dense)(held_out)
+    classifier = dense.task == "image-classification"
+    base = measurements["dense fp32"].latency_stats.p50
     rows = []
     for name, path in models.items():
-        encoder = evaluate.onnx_encoder(path, dense.tokenizer, dense.pooling)
-        fidelity = evaluate.cosine_fidelity(reference_embeddings, encoder(texts))
+        encoder = evaluate.onnx_encoder(path, dense.processor, dense.pooling)
+        embeddings = encoder(held_out)
+        fidelity = evaluate.cosine_fidelity(reference_embeddings, embeddings)
+        agreement = evaluate.top1_agreement(reference_embeddings, embeddings) if classifier else None
         stsb = evaluate.stsb_spearman(encoder, Path(settings.stsb)) if settings.stsb else None
-        rows.append(ModelRow(name, measurements[name], base / measurements[name].latency.p50, fidelity, stsb))
+        rows.append(ModelRow(name, measurements[name], base / measurements[name].latency_stats.p50, fidelity, stsb,
+                             agreement))
     return rows
+
+
+def _feeds(dense: LoadedModel, items: tuple[list[object], list[object]]) -> dict[str, list[dict[str, Any]]]:
+    """Quantization's calibration and check inputs for an image model (from the calibration folder: fitted on
+    one part, checked on the held-out part); a text model's come from the tokenizer saved beside it."""
+    if dense.modality == TEXT:
+        return {}
+    fit, held = items
+    return {"calibration": [model_inputs(dense.processor, fit[i:i + 8]) for i in range(0, len(fit), 8)],
+            "check": [model_inputs(dense.processor, held[i:i + 8]) for i in range(0, len(held), 8)]}
 
 
 def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:
@@ -263,7 +285,8 @@ def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:
 
 
 def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp: Path, figures: dict[str, Any],
-              rows: list[ModelRow], budget: Budget, lines: list[Verdict], seconds: float) -> dict[str, Any]:
+              rows: list[ModelRow], budget: Budget, lines: list[Verdict], seconds: float,
+              held_out: list[object]) -> dict[str, Any]:
     weights = sorted(p for p in dense.path.iterdir() if p.suffix in (".safetensors", ".bin"))
     outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.onnx"))
     budget_source = ("user" if settings.latency_ms is not None or settings.memory_mb is not None
@@ -284,5 +307,5 @@ def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp
         "verdicts": [line.to_dict() for line in lines],
         "passed": passed(lines),
         "wall_seconds": round(seconds, 1),
-        "fidelity_texts": len(sample_sentences()),
+        "fidelity_inputs": len(held_out),
     }

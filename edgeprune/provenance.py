@@ -19,7 +19,7 @@ def versions() -> dict[str, str]:
 
 
 def host_fingerprint() -> dict[str, object]:
-    from edgeprune.profile.devices import detect_host
+    from edgeprune.devices import detect_host
 
     host = detect_host()
     return {"cpu": host.cpu.name, "arch": host.cpu.arch, "cores": host.cpu.cores,

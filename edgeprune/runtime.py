@@ -37,16 +37,30 @@ def session(path: Path | str, threads: int = 1, allow_spinning: bool = True) -> 
 
 
 def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The subset of ``arrays`` the graph takes, cast to int64 as exported transformers expect."""
+    """The subset of ``arrays`` the graph takes: token inputs as int64 (as exported transformers expect), float
+    inputs (pixels) as float32."""
     names = [i.name for i in sess.get_inputs()]
-    missing = [n for n in names if n not in arrays and n != "token_type_ids"]
+    missing = [n for n in names if n not in arrays and n not in DERIVED]
     if missing:
         raise ModelLoadError(f"the model needs inputs {missing} that were not provided",
                              "use a model exported by edgeprune or optimum")
-    out = {n: np.asarray(arrays[n], dtype=np.int64) for n in names if n in arrays}
+    out = {n: np.asarray(arrays[n], dtype=np.float32 if np.issubdtype(np.asarray(arrays[n]).dtype, np.floating)
+                         else np.int64) for n in names if n in arrays}
     if "token_type_ids" in names and "token_type_ids" not in out:
         out["token_type_ids"] = np.zeros_like(out["input_ids"])
+    if "position_ids" in names and "position_ids" not in out:
+        out["position_ids"] = position_ids(out["attention_mask"])
     return out
+
+
+DERIVED = ("token_type_ids", "position_ids")
+"""Inputs an exported transformer may take that follow from the others when not given."""
+
+
+def position_ids(attention_mask: np.ndarray) -> np.ndarray:
+    """Positions of the real tokens (0, 1, …) as a decoder's generate() numbers them; padding gets 1."""
+    positions = np.cumsum(attention_mask, axis=-1) - 1
+    return np.where(attention_mask == 0, 1, positions).astype(np.int64)
 
 
 def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -65,6 +79,8 @@ def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: i
             arrays[spec.name] = rng.integers(*TOKEN_ID_RANGE, size=(batch, seq_len), dtype=np.int64)
         elif "mask" in spec.name:
             arrays[spec.name] = np.ones((batch, seq_len), dtype=np.int64)
+        elif spec.name == "position_ids":
+            arrays[spec.name] = np.tile(np.arange(seq_len, dtype=np.int64), (batch, 1))
         else:
             arrays[spec.name] = np.zeros((batch, seq_len), dtype=np.int64)
     return arrays

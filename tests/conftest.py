@@ -62,6 +62,6 @@ def tiny_classifier_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Pa
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> Path:
-    from edgeprune.export import export
+    from edgeprune.exporting import export
 
     return export(tiny_bert_dir, tmp_path_factory.mktemp("tiny-onnx") / "onnx").onnx_path

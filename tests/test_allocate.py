@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from edgeprune.errors import PlanError
 from edgeprune.models.loading import load_model
-from edgeprune.prune import make_plan
-from edgeprune.prune.allocate import by_latency, global_by_cost, uniform
-from edgeprune.prune.importance import LayerScores
+from edgeprune.pruning import make_plan
+from edgeprune.pruning.allocate import by_latency, global_by_cost, uniform
+from edgeprune.pruning.importance import LayerScores
 
 
 def _scores() -> list[LayerScores]:

@@ -9,15 +9,15 @@ from torch import nn
 
 from edgeprune.errors import PlanError, UnsupportedModelError
 from edgeprune.models.conv import channel_graph, input_hooks, layer_macs
-from edgeprune.prune.channels import (
+from edgeprune.pruning.channels import (
     ChannelPlan,
     apply_channel_plan,
     channel_multiple,
     channel_scores,
     prune_channels,
 )
-from edgeprune.prune.conv_recover import reestimate_batchnorm
-from edgeprune.prune.importance import Accumulation
+from edgeprune.pruning.conv_recover import reestimate_batchnorm
+from edgeprune.pruning.importance import Accumulation
 
 
 class SqueezeExcite(nn.Module):

@@ -6,9 +6,10 @@ import torch
 
 from edgeprune import runtime
 from edgeprune.errors import ExportError
-from edgeprune.export import export
+from edgeprune.exporting import export
 from edgeprune.models.loading import LoadedModel, load_model
-from edgeprune.prune import prune
+from edgeprune.options import PruneOptions
+from edgeprune.pruning import prune
 
 
 def test_export_parity_and_dynamic_axes(tiny_bert_dir, tiny_onnx) -> None:
@@ -28,13 +29,14 @@ def test_pruned_export_loads_with_optimum(tiny_classifier_dir, tmp_path) -> None
     from optimum.onnxruntime import ORTModelForSequenceClassification
 
     dense = load_model(tiny_classifier_dir)
-    pruned, plan = prune(dense.model, heads_ratio=0.34, ffn_ratio=0.5)
-    loaded = LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
+    pruned, plan = prune(dense.model, heads_ratio=0.34, ffn_ratio=0.5,
+                         options=PruneOptions(criterion="magnitude", recover="none"))
+    loaded = LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan)
     result = export(loaded, tmp_path / "onnx")
     assert result.max_abs_diff < 1e-4 and result.parity_texts > 10
     assert (tmp_path / "onnx" / "pruning_plan.json").is_file()
     ort_model = ORTModelForSequenceClassification.from_pretrained(tmp_path / "onnx")
-    inputs = dense.tokenizer(["edge devices", "a longer sentence about phones"], padding=True, return_tensors="pt")
+    inputs = dense.processor(["edge devices", "a longer sentence about phones"], padding=True, return_tensors="pt")
     with torch.no_grad():
         torch.testing.assert_close(ort_model(**inputs).logits, pruned(**inputs).logits, atol=1e-4, rtol=1e-4)
 

@@ -6,9 +6,9 @@ import torch
 from edgeprune.errors import PlanError
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import load_model
-from edgeprune.prune import make_plan
-from edgeprune.prune.calibration import calibration_batches
-from edgeprune.prune.importance import CRITERIA, Accumulation, LayerScores, activation
+from edgeprune.pruning import make_plan
+from edgeprune.pruning.calibration import calibration_batches
+from edgeprune.pruning.importance import CRITERIA, Accumulation, LayerScores, activation
 
 
 def _planted(path):
@@ -17,8 +17,8 @@ def _planted(path):
     layer = adapter_for(loaded.model).layers(loaded.model)[1]
     with torch.no_grad():
         layer.attn_out.weight[:, 2 * layer.head_dim:3 * layer.head_dim] = 0
-        layer.ffn_in.weight[17] = 0
-        layer.ffn_in.bias[17] = -30.0  # GELU(-30) == 0: the neuron is dead on every input
+        layer.ffn_in[0].linear.weight[17] = 0
+        layer.ffn_in[0].linear.bias[17] = -30.0  # GELU(-30) == 0: the neuron is dead on every input
     return loaded
 
 
@@ -26,7 +26,7 @@ def _planted(path):
 def test_every_criterion_ranks_planted_dead_units_last(calibration_texts, tiny_bert_dir, name) -> None:
     loaded = _planted(tiny_bert_dir)
     texts = calibration_texts[:8]
-    batches = calibration_batches(loaded.tokenizer, texts, batch_size=4)
+    batches = calibration_batches(loaded.processor, texts, batch_size=4)
     scores = CRITERIA[name](loaded.model, adapter_for(loaded.model), batches, Accumulation("ema", 0.5))[1]
     assert int(scores.heads.argmin()) == 2, scores.heads
     assert int(scores.neurons.argmin()) == 17
@@ -38,7 +38,7 @@ def test_every_criterion_ranks_planted_dead_units_last(calibration_texts, tiny_b
 
 def test_taylor_uses_the_task_loss_when_labels_are_given(calibration_texts, tiny_classifier_dir) -> None:
     loaded = _planted(tiny_classifier_dir)
-    batches = calibration_batches(loaded.tokenizer, calibration_texts[:8], batch_size=4)
+    batches = calibration_batches(loaded.processor, calibration_texts[:8], batch_size=4)
     for batch in batches:
         batch["labels"] = torch.arange(len(batch["input_ids"])) % 3
     scores = CRITERIA["taylor"](loaded.model, adapter_for(loaded.model), batches, Accumulation())
@@ -48,7 +48,7 @@ def test_taylor_uses_the_task_loss_when_labels_are_given(calibration_texts, tiny
 def test_ema_with_decay_zero_equals_the_last_batch(calibration_texts, tiny_bert_dir) -> None:
     loaded = load_model(tiny_bert_dir)
     adapter = adapter_for(loaded.model)
-    batches = calibration_batches(loaded.tokenizer, calibration_texts[:8], batch_size=3)
+    batches = calibration_batches(loaded.processor, calibration_texts[:8], batch_size=3)
     ema = activation(loaded.model, adapter, batches, Accumulation("ema", 0.0))
     last = activation(loaded.model, adapter, batches[-1:], Accumulation())
     for a, b in zip(ema, last):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeprune.prune.plan import LayerPlan
+from edgeprune.models.plan import LayerPlan
 from edgeprune.search.latency_table import LatencyTable, grid_counts
 
 TABLE = LatencyTable(num_layers=2,

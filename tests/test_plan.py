@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeprune.errors import PlanError
-from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
+from edgeprune.models.plan import DenseShape, LayerPlan, PruningPlan
 
 DENSE = DenseShape(num_layers=3, num_heads=6, head_dim=8, ffn_dim=32)
 

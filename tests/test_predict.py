@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.profile.characterize import ConvRate, GemmRate, HostRates, StreamRate
-from edgeprune.profile.devices import detect_host, load_profile
-from edgeprune.profile.operators import OperatorProfile, OpTiming
-from edgeprune.profile.predict import predict_latency
+from edgeprune.devices import detect_host, load_profile
+from edgeprune.profiling.characterize import ConvRate, GemmRate, HostRates, StreamRate
+from edgeprune.profiling.operators import OperatorProfile, OpTiming
+from edgeprune.profiling.predict import predict_latency
 
 
 def _rates(threads: int) -> HostRates:
@@ -73,7 +73,7 @@ def test_slower_devices_predict_slower() -> None:
 
 
 def test_swapping_precision_retimes_only_weight_gemms() -> None:
-    from edgeprune.profile.predict import swap_precision
+    from edgeprune.profiling.predict import swap_precision
 
     ops = _ops()
     attention = OpTiming("scores", "MatMul", "gemm_fp32", 2.0 * 128 * 384 * 1536, 1e6, ms=0.5)  # no weights
@@ -94,7 +94,7 @@ def test_swapping_precision_retimes_only_weight_gemms() -> None:
 
 
 def _calibrated(measured_over_predicted: list[float]):
-    from edgeprune.profile.calibrate import calibrate
+    from edgeprune.profiling.calibrate import calibrate
 
     rpi5 = load_profile("rpi5")
     predicted = {Path(f"m{i}.onnx"): 10.0 * (i + 1) for i in range(len(measured_over_predicted))}
@@ -127,7 +127,7 @@ def test_calibration_scales_predictions_and_keeps_the_anchors_spread() -> None:
 
 def test_perf_test_output_and_bad_latencies(tmp_path) -> None:
     from edgeprune.errors import ProfileError
-    from edgeprune.profile.calibrate import read_latency
+    from edgeprune.profiling.calibrate import read_latency
 
     output = tmp_path / "perf.txt"
     output.write_text("Session creation time cost: 0.2 s\nAverage inference time cost: 23.417 ms\n")

@@ -4,9 +4,12 @@ import torch
 
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
-from edgeprune.prune import kept_macs_fraction, make_plan, prune
-from edgeprune.prune.importance import magnitude
-from edgeprune.prune.plan import DenseShape, LayerPlan, PruningPlan
+from edgeprune.models.plan import DenseShape, LayerPlan, PruningPlan
+from edgeprune.options import PruneOptions
+from edgeprune.pruning import kept_macs_fraction, make_plan, prune
+from edgeprune.pruning.importance import magnitude
+
+WEIGHTS_ONLY = PruneOptions(criterion="magnitude", recover="none")
 
 TEXTS = ["A man is playing a guitar.", "The cat sleeps.", "Stocks fell sharply after the bank raised rates today."]
 
@@ -44,19 +47,19 @@ def _masked_forward(model: torch.nn.Module, plan: PruningPlan, inputs: dict[str,
 
 
 def test_pruned_model_equals_masked_dense(tiny_bert_dir, tiny_classifier_dir) -> None:
-    from edgeprune.prune.apply import apply_plan, dense_shape
+    from edgeprune.models.slicing import apply_plan, dense_shape
 
     for path in (tiny_bert_dir, tiny_classifier_dir):
         loaded = load_model(path)
         adapter = adapter_for(loaded.model)
         plan = _uneven_plan(dense_shape(loaded.model, adapter))
-        inputs = _inputs(loaded.tokenizer)
+        inputs = _inputs(loaded.processor)
         expected = _masked_forward(loaded.model, plan, inputs)
         pruned = apply_plan(load_model(path).model, adapter, plan)
         layers = adapter.layers(pruned)
         assert [layer.num_heads for layer in layers] == [3, 1, 6]
-        assert [layer.query.weight.shape[0] for layer in layers] == [3 * 8, 8, 6 * 8]
-        assert [layer.ffn_in.weight.shape[0] for layer in layers] == [48, 4, 60]
+        assert [layer.attn_in[0].linear.weight.shape[0] for layer in layers] == [3 * 8, 8, 6 * 8]
+        assert [layer.ffn_in[0].linear.weight.shape[0] for layer in layers] == [48, 4, 60]
         with torch.no_grad():
             actual = pruned(**inputs)[0]
         torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
@@ -65,7 +68,7 @@ def test_pruned_model_equals_masked_dense(tiny_bert_dir, tiny_classifier_dir) ->
 def test_prune_returns_new_model_and_keeps_input(tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
     before = {k: v.clone() for k, v in dense.model.state_dict().items()}
-    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.25)
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.25, options=WEIGHTS_ONLY)
     assert plan.kept_heads == [3, 3, 3] and plan.kept_neurons == [24, 24, 24]
     assert all(torch.equal(before[k], v) for k, v in dense.model.state_dict().items())
     assert pruned is not dense.model
@@ -76,10 +79,10 @@ def test_keep_flops_and_minimum_of_one_head(tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
     plan = make_plan(dense.model, keep_flops=0.5)
     assert plan.kept_heads == [3, 3, 3] and plan.kept_neurons == [48, 48, 48]
-    pruned, plan = prune(dense.model, heads_ratio=0.01, ffn_ratio=0.001)
+    pruned, plan = prune(dense.model, heads_ratio=0.01, ffn_ratio=0.001, options=WEIGHTS_ONLY)
     assert plan.kept_heads == [1, 1, 1] and plan.kept_neurons == [1, 1, 1]
     with torch.no_grad():
-        assert pruned(**_inputs(dense.tokenizer))[0].shape[-1] == 48
+        assert pruned(**_inputs(dense.processor))[0].shape[-1] == 48
 
 
 def test_magnitude_ranks_planted_dead_units_last(tiny_bert_dir) -> None:
@@ -87,7 +90,7 @@ def test_magnitude_ranks_planted_dead_units_last(tiny_bert_dir) -> None:
     layer = adapter_for(model).layers(model)[1]
     with torch.no_grad():
         layer.attn_out.weight[:, 2 * layer.head_dim:3 * layer.head_dim] = 0  # head 2 writes nothing
-        layer.ffn_in.weight[17] = 0  # neuron 17 never activates
+        layer.ffn_in[0].linear.weight[17] = 0  # neuron 17 never activates
     scores = magnitude(model, adapter_for(model))[1]
     assert int(scores.heads.argmin()) == 2
     assert int(scores.neurons.argmin()) == 17
@@ -97,13 +100,13 @@ def test_magnitude_ranks_planted_dead_units_last(tiny_bert_dir) -> None:
 
 def test_save_then_load_pruned_gives_identical_outputs(tiny_classifier_dir, tmp_path) -> None:
     dense = load_model(tiny_classifier_dir)
-    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5)
-    out = save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan),
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, options=WEIGHTS_ONLY)
+    out = save_pruned(LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan),
                       tmp_path / "pruned")
     reloaded = load_pruned(out)
     assert reloaded.plan == plan and reloaded.task == "text-classification"
     assert load_model(out).plan == plan  # a pruned directory is recognized by load_model too
-    inputs = _inputs(dense.tokenizer)
+    inputs = _inputs(dense.processor)
     with torch.no_grad():
         torch.testing.assert_close(reloaded.model(**inputs).logits, pruned(**inputs).logits, atol=0, rtol=0)
     assert not (out / "pytorch_model.bin").exists()  # weights are safetensors only: no pickle

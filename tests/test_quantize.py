@@ -2,14 +2,24 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 import torch
 from torch import nn
 
 from edgeprune import runtime
-from edgeprune.export import export_module
-from edgeprune.profile.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
-from edgeprune.quantize import first_outputs, int8_scheme, mean_cosine, quantize, static_int8
-from edgeprune.quantize.fidelity import node_damage
+from edgeprune.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
+from edgeprune.errors import BadArgumentError
+from edgeprune.exporting import export_module
+from edgeprune.quantization import (
+    FORMS,
+    choose_form,
+    first_outputs,
+    int8_scheme,
+    mean_cosine,
+    quantize,
+    static_int8,
+)
+from edgeprune.quantization.fidelity import node_damage
 
 
 def _device(arch: str, isa: list[str]) -> DeviceProfile:
@@ -37,6 +47,7 @@ def test_quantized_model_runs_and_is_smaller(tiny_onnx, tmp_path) -> None:
     result = quantize(tiny_onnx, tmp_path / "int8", "host", seq_len=32, rounds=1, runs=5)
     assert set(result.p50_ms) >= {"fp32", "int8"}
     assert result.chosen == min(result.p50_ms, key=result.p50_ms.get)
+    assert result.form in ("fp32", *FORMS) and result.chosen.startswith(result.form)
     assert (tmp_path / "int8" / "config.json").is_file() and (tmp_path / "int8" / "tokenizer.json").is_file()
     assert not (tmp_path / "int8" / "candidates").exists()
     sess = runtime.session(result.onnx_path)
@@ -122,3 +133,21 @@ def test_static_int8_leaves_the_most_damaging_nodes_in_fp32(tmp_path) -> None:
     partly = static_int8(onnx_path, tmp_path / "partly.onnx", scheme, feeds, exclude=result.excluded_nodes)
     first_reads = [n for n in onnx.load(str(partly)).graph.node if n.name == first][0].input
     assert any(name.endswith("DequantizeLinear_Output") for name in first_reads)  # the first MatMul stays int8
+
+
+def test_the_fastest_faithful_form_is_chosen_and_every_other_noted() -> None:
+    p50 = {"fp32": 10.0, "int8": 6.0, "int8-fused": 5.0, "int8-static": 12.0}
+    fidelity = {"fp32": 1.0, "int8": 0.97, "int8-fused": 0.96, "int8-static": 0.99, "int8-static-qop": 0.4}
+    choice = choose_form(p50, fidelity, min_fidelity=0.9)
+    assert choice.chosen == "int8-fused"
+    assert choice.notes == ["int8-static-qop rejected: output cosine to fp32 0.4000 < 0.9",
+                            "int8-static not used: 12.000 ms, not faster than fp32 (10.000 ms)"]
+    assert choose_form(p50, {**fidelity, "int8-fused": 0.5}, 0.9).chosen == "int8"  # fast but unfaithful
+    slow = choose_form({"fp32": 10.0, "int8": 11.0}, {"fp32": 1.0, "int8": 0.97}, 0.9)
+    assert slow.chosen == "fp32" and slow.notes[-1] == "no int8 form was faster than fp32 on this host; kept fp32"
+
+
+def test_an_unknown_form_is_a_bad_argument(tiny_onnx, tmp_path) -> None:
+    with pytest.raises(BadArgumentError, match=r"unknown int8 form\(s\) \['int4'\]"):
+        quantize(tiny_onnx, tmp_path / "int8", "host", forms=("int8", "int4"))
+    assert not (tmp_path / "int8").exists()

@@ -11,11 +11,11 @@ import torch
 
 from edgeprune import runtime
 from edgeprune.data.images import load_imagenet_sample
-from edgeprune.export import export_module
+from edgeprune.exporting import export_module
 from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
-from edgeprune.prune.channels import prune_channels
-from edgeprune.quantize import Int8Scheme, static_int8
+from edgeprune.pruning.channels import prune_channels
+from edgeprune.quantization import Int8Scheme, static_int8
 
 pytestmark = pytest.mark.real_model
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet_sample"

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from edgeprune import evaluate, load_model, load_pruned, prune, prune_loaded
 from edgeprune.cli import app
+from edgeprune.options import PruneOptions
 
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb" / "sts-dev.csv"
 
@@ -31,7 +32,7 @@ def test_optimize_writes_a_complete_manifest(run_dir, minilm_dir) -> None:
     manifest = json.loads((run_dir / "run.json").read_text())
     assert manifest["inputs"]["model"] == str(minilm_dir)
     assert len(manifest["inputs"]["weights_sha256"]["model.safetensors"]) == 64
-    assert manifest["settings"]["seed"] == 0 and manifest["versions"]["onnxruntime"]
+    assert manifest["settings"]["prune"]["seed"] == 0 and manifest["versions"]["onnxruntime"]
     prune_stage = manifest["stages"]["prune"]
     assert prune_stage["kept_heads"] == [8] * 6 and prune_stage["kept_neurons"] == [1024] * 6
     assert manifest["stages"]["export"]["max_abs_diff_pruned"] < 1e-4
@@ -65,9 +66,9 @@ def test_outputs_load_with_optimum_and_match_the_api(run_dir) -> None:
     for name, tensor in api.model.state_dict().items():  # ... and the same recovered weights
         torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0)
     texts = ["A man is playing a guitar.", "Phones run neural networks on small batteries."]
-    ours = evaluate.onnx_encoder(run_dir / "int8" / "model.onnx", reloaded.tokenizer, "mean")(texts)
+    ours = evaluate.onnx_encoder(run_dir / "int8" / "model.onnx", reloaded.processor, "mean")(texts)
     ort_model = ORTModelForFeatureExtraction.from_pretrained(run_dir / "int8")
-    encoded = reloaded.tokenizer(texts, padding=True, return_tensors="np")
+    encoded = reloaded.processor(texts, padding=True, return_tensors="np")
     hidden = ort_model(**encoded).last_hidden_state
     np.testing.assert_allclose(evaluate.pool(np.asarray(hidden), encoded["attention_mask"], "mean"), ours,
                                atol=1e-5)
@@ -93,15 +94,16 @@ HELD_OUT = ["The committee approved the new budget after a long debate.", "A wom
 def test_least_squares_recovery_brings_pruned_minilm_back_towards_dense() -> None:
     from edgeprune.data import calibration_sentences
     from edgeprune.models.loading import LoadedModel
-    from edgeprune.prune.calibration import calibration_batches
+    from edgeprune.pruning.calibration import calibration_batches
 
     dense = load_model()
-    batches = calibration_batches(dense.tokenizer, calibration_sentences())  # disjoint from HELD_OUT
+    batches = calibration_batches(dense.processor, calibration_sentences())  # disjoint from HELD_OUT
     reference = evaluate.torch_encoder(dense)(HELD_OUT)
     fidelity = {}
     for recovery in ("none", "lstsq"):
-        model, plan = prune(dense.model, keep_flops=0.6, criterion="activation", batches=batches, recovery=recovery)
-        loaded = LoadedModel(model, dense.tokenizer, dense.path, dense.task, dense.pooling, plan)
+        model, plan = prune(dense.model, keep_flops=0.6, batches=batches,
+                            options=PruneOptions(criterion="activation", recover=recovery))
+        loaded = LoadedModel(model, dense.processor, dense.path, dense.task, dense.pooling, plan)
         fidelity[recovery] = evaluate.cosine_fidelity(reference, evaluate.torch_encoder(loaded)(HELD_OUT))
     assert plan.recovery["refit"] >= 6 and plan.recovery["held_out_error_after"] < plan.recovery[
         "held_out_error_before"]

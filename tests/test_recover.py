@@ -5,14 +5,15 @@ import copy
 import pytest
 import torch
 
-from edgeprune.errors import PlanError
+from edgeprune.errors import BadArgumentError, PlanError
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
-from edgeprune.prune import apply_plan, prune
-from edgeprune.prune.apply import dense_shape
-from edgeprune.prune.calibration import calibration_batches
-from edgeprune.prune.plan import LayerPlan, PruningPlan
-from edgeprune.prune.recover import distill, least_squares, recover
+from edgeprune.models.plan import LayerPlan, PruningPlan
+from edgeprune.models.slicing import dense_shape
+from edgeprune.options import PruneOptions
+from edgeprune.pruning import apply_plan, prune
+from edgeprune.pruning.calibration import calibration_batches
+from edgeprune.pruning.recover import distill, least_squares, recover
 
 
 def _with_duplicates(path):
@@ -21,11 +22,12 @@ def _with_duplicates(path):
     layer = adapter_for(loaded.model).layers(loaded.model)[0]
     d = layer.head_dim
     with torch.no_grad():
-        for linear in (layer.query, layer.key, layer.value):
+        for linear in (block.linear for block in layer.attn_in):
             linear.weight[d:2 * d] = linear.weight[:d]
             linear.bias[d:2 * d] = linear.bias[:d]
-        layer.ffn_in.weight[5] = layer.ffn_in.weight[3]
-        layer.ffn_in.bias[5] = layer.ffn_in.bias[3]
+        up = layer.ffn_in[0].linear
+        up.weight[5] = up.weight[3]
+        up.bias[5] = up.bias[3]
     return loaded
 
 
@@ -47,7 +49,7 @@ def test_least_squares_exactly_recovers_a_redundant_duplicated_head_and_neuron(c
     dense = _with_duplicates(tiny_bert_dir)
     adapter = adapter_for(dense.model)
     pruned = apply_plan(copy.deepcopy(dense.model), adapter, _drop_duplicates(dense))
-    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
+    batches = calibration_batches(dense.processor, calibration_texts, batch_size=4)
     reference = _outputs(dense.model, batches)
     before = (_outputs(pruned, batches) - reference).abs().max()
     fits = least_squares(dense.model, pruned, adapter, batches)
@@ -65,8 +67,9 @@ def test_least_squares_exactly_recovers_a_redundant_duplicated_head_and_neuron(c
 def test_least_squares_lowers_held_aside_error_and_keeps_weights_that_cannot_improve(calibration_texts,
                                                                                      tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=2)
-    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches, recovery="lstsq")
+    batches = calibration_batches(dense.processor, calibration_texts, batch_size=2)
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches,
+                         options=PruneOptions(criterion="magnitude", recover="lstsq"))
     assert plan.recovery["method"] == "lstsq" and plan.recovery["projections"] == 6
     assert plan.recovery["held_out_error_after"] < plan.recovery["held_out_error_before"]
     unpruned = apply_plan(copy.deepcopy(dense.model), adapter_for(dense.model),
@@ -78,9 +81,10 @@ def test_least_squares_lowers_held_aside_error_and_keeps_weights_that_cannot_imp
 
 def test_recovered_model_saves_and_loads_with_its_plan(calibration_texts, tiny_bert_dir, tmp_path) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
-    pruned, plan = prune(dense.model, keep_flops=0.5, criterion="activation", batches=batches, recovery="lstsq")
-    save_pruned(LoadedModel(pruned, dense.tokenizer, dense.path, dense.task, dense.pooling, plan), tmp_path / "p")
+    batches = calibration_batches(dense.processor, calibration_texts, batch_size=4)
+    pruned, plan = prune(dense.model, keep_flops=0.5, batches=batches,
+                         options=PruneOptions(criterion="activation", recover="lstsq"))
+    save_pruned(LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan), tmp_path / "p")
     loaded = load_pruned(tmp_path / "p")
     assert loaded.plan.recovery == plan.recovery
     torch.testing.assert_close(_outputs(loaded.model, batches), _outputs(pruned, batches))
@@ -88,10 +92,11 @@ def test_recovered_model_saves_and_loads_with_its_plan(calibration_texts, tiny_b
 
 def test_distillation_lowers_its_loss_and_is_deterministic(calibration_texts, tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
-    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
+    batches = calibration_batches(dense.processor, calibration_texts, batch_size=4)
     runs = []
     for _ in range(2):
-        pruned, _ = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5)
+        pruned, _ = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5,
+                          options=PruneOptions(criterion="magnitude", recover="none"))
         first, last = distill(dense.model, pruned, batches, steps=30, lr=1e-3, seed=3)
         runs.append((first, last, _outputs(pruned, batches)))
     assert runs[0][1] < 0.5 * runs[0][0]
@@ -101,9 +106,9 @@ def test_distillation_lowers_its_loss_and_is_deterministic(calibration_texts, ti
 
 def test_distillation_of_a_classifier_matches_the_teachers_logits(calibration_texts, tiny_classifier_dir) -> None:
     dense = load_model(tiny_classifier_dir)
-    batches = calibration_batches(dense.tokenizer, calibration_texts, batch_size=4)
-    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches, recovery="distill",
-                         distill_steps=20)
+    batches = calibration_batches(dense.processor, calibration_texts, batch_size=4)
+    pruned, plan = prune(dense.model, heads_ratio=0.5, ffn_ratio=0.5, batches=batches,
+                         options=PruneOptions(criterion="magnitude", recover="distill", distill_steps=20))
     first, last = plan.recovery["distill_loss_first_last"]
     assert plan.recovery["distill_steps"] == 20 and last < first
 
@@ -111,12 +116,12 @@ def test_distillation_of_a_classifier_matches_the_teachers_logits(calibration_te
 def test_recovery_needs_calibration_and_a_known_method(calibration_texts, tiny_bert_dir) -> None:
     dense = load_model(tiny_bert_dir)
     with pytest.raises(PlanError, match="calibration"):
-        prune(dense.model, keep_flops=0.5, recovery="lstsq")
-    with pytest.raises(PlanError, match="unknown recovery"):
-        prune(dense.model, keep_flops=0.5, recovery="retrain")
+        prune(dense.model, keep_flops=0.5, options=PruneOptions(criterion="magnitude", recover="lstsq"))
+    with pytest.raises(BadArgumentError, match="unknown --recover"):
+        PruneOptions(recover="retrain")
     with pytest.raises(PlanError, match="distill-steps"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.tokenizer, calibration_texts[:4]), "distill", distill_steps=0)
+                calibration_batches(dense.processor, calibration_texts[:4]), "distill", distill_steps=0)
     with pytest.raises(PlanError, match="at least 2 calibration batches"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.tokenizer, calibration_texts[:4]), "lstsq")
+                calibration_batches(dense.processor, calibration_texts[:4]), "lstsq")

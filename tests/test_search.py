@@ -12,8 +12,14 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeprune.cli import app
+from edgeprune.devices import load_profile
+from edgeprune.models.loading import load_model
+from edgeprune.options import PruneOptions
+from edgeprune.pruning import Accumulation, make_plan
+from edgeprune.quantization import FORMS
 from edgeprune.report import Report
-from edgeprune.search import Candidate, mark_pareto
+from edgeprune.search import Bounds, Candidate, mark_pareto
+from edgeprune.search.latency_table import LatencyTable
 
 runner = CliRunner()
 FAST = ["--threads", "1", "--runs", "12", "--seq-len", "32", "--recover", "none", "--criterion", "magnitude"]
@@ -56,13 +62,60 @@ def test_impossible_budget_exits_1_and_still_writes_the_report(impossible_run) -
 
 def test_search_chooses_the_least_pruning_that_meets_the_budget(tiny_bert_dir, tmp_path) -> None:
     out = tmp_path / "run"
-    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--latency-ms", "1000", *FAST])
+    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--latency-ms", "1000", *FAST,
+                                 "--accumulate", "ema", "--ema-decay", "0.5", "--seed", "3"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "run.json").read_text())
     search = manifest["stages"]["search"]
     assert search["passed"] and search["chosen_keep_flops"] == 1.0
     assert manifest["stages"]["prune"]["kept_macs_fraction"] == 1.0
     assert [c["verdict"] for c in search["candidates"] if not c["table"]] == ["chosen"]
+    plan = json.loads((out / "pruned" / "pruning_plan.json").read_text())  # the search kept the pruning flags
+    assert (plan["accumulate"], plan["ema_decay"], plan["seed"]) == ("ema", 0.5, 3)
+
+
+class _Stop(Exception):
+    """Raised by a stand-in to end a search once what it was given is recorded."""
+
+
+def test_search_scores_with_the_given_options(tiny_bert_dir, tmp_path, monkeypatch) -> None:
+    import edgeprune.search as search_module
+
+    seen = {}
+
+    def score(model, criterion, batches, accumulation, seed):
+        seen.update(criterion=criterion, batches=batches, accumulation=accumulation, seed=seed)
+        raise _Stop
+
+    monkeypatch.setattr(search_module, "score", score)
+    options = PruneOptions(criterion="activation", accumulate="ema", ema_decay=0.3, recover="none", batch_size=4,
+                           seed=7)
+    with pytest.raises(_Stop):
+        search_module.search(load_model(tiny_bert_dir), 10.0, tmp_path / "search", options=options)
+    assert (seen["criterion"], seen["accumulation"], seen["seed"]) == ("activation", Accumulation("ema", 0.3), 7)
+    assert all(len(batch["input_ids"]) <= 4 for batch in seen["batches"]) and len(seen["batches"]) > 1
+
+
+def test_candidates_are_pruned_with_the_given_options(tiny_bert_dir, tmp_path, monkeypatch) -> None:
+    import edgeprune.search.build as build_module
+
+    seen = {}
+
+    def prune_loaded(dense, *, options, plan):
+        seen.update(options=options, plan=plan)
+        raise _Stop
+
+    monkeypatch.setattr(build_module, "prune_loaded", prune_loaded)
+    options = PruneOptions(recover="distill", distill_steps=5, batch_size=4, accumulate="ema")
+    dense = load_model(tiny_bert_dir)
+    plan = make_plan(dense.model, keep_flops=0.5)
+    setup = build_module.Setup(dense=dense, dense_onnx=tmp_path / "dense.onnx", work=tmp_path, options=options,
+                               timing=build_module.Timing(load_profile("host"), "p90", 1, 16, 3),
+                               probe=build_module.QualityProbe(dense, [], np.zeros(0)), bounds=Bounds(10.0))
+    builder = build_module.CandidateBuilder(setup, LatencyTable(1, ((1, 1.0),), ((1, 1.0),)), dense_ms=1.0)
+    with pytest.raises(_Stop):
+        builder.build(plan, 5.0)
+    assert seen == {"options": options, "plan": plan} and builder.forms == FORMS  # nothing built: every form
 
 
 def test_html_report_renders_in_chromium(impossible_run, tmp_path) -> None:

@@ -56,3 +56,37 @@ def load_imagenet_sample(folder: Path | str, limit: int | None = None) -> Labele
     images = [imagenet_preprocess(folder / "images" / row["filename"]) for row in rows]
     labels = [int(row["class_index"]) for row in rows]
     return LabeledImages(torch.stack(images), torch.tensor(labels))
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def read_images(folder: Path | str) -> list[object]:
+    """Every image in ``folder`` (recursively, sorted by path) as an RGB ``PIL.Image``."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise EdgepruneError("reading images needs Pillow", "pip install 'edgeprune[vision]'") from None
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EdgepruneError(f"image folder '{folder}' does not exist", "pass a folder of images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise EdgepruneError(f"'{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})", "pass a folder of images")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise EdgepruneError(f"cannot read image '{path}' ({exc})", "remove or replace the file") from None
+    return images
+
+
+def synthetic_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` smooth random RGB images (``size``², uint8): colour blobs from upsampled noise, closer to a photo's
+    statistics than white noise. For parity checks when no real images were given — and reported as such."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(count, 8, 8, 3)).astype(np.float32)
+    index = np.minimum((np.arange(size) * 8) // size, 7)
+    return [np.ascontiguousarray(image[index][:, index]).astype(np.uint8) for image in coarse]

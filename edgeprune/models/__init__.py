@@ -4,23 +4,19 @@ from __future__ import annotations
 
 from torch import nn
 
+import edgeprune.models.adapters  # noqa: F401  (registers every adapter)
 from edgeprune.errors import UnsupportedModelError
-from edgeprune.models.base import ModelAdapter, TransformerLayer, encoder_macs, layer_macs
-from edgeprune.models.bert import BertAdapter
-
-ADAPTERS: dict[str, ModelAdapter] = {
-    model_type: adapter for adapter in (BertAdapter(),) for model_type in adapter.model_types
-}
+from edgeprune.models.base import REGISTRY, ModelAdapter, RowBlock, TransformerLayer, encoder_macs
 
 
 def adapter_for_type(model_type: str) -> ModelAdapter:
     try:
-        return ADAPTERS[model_type]
+        return REGISTRY[model_type]
     except KeyError:
         raise UnsupportedModelError(
-            f"no pruning adapter for architecture '{model_type}'",
-            f"use a model of a supported family ({', '.join(sorted(ADAPTERS))}) "
-            "or add an adapter in edgeprune/models/",
+            f"no pruning adapter for architecture '{model_type}' (supported: {', '.join(sorted(REGISTRY))})",
+            "use a model of a supported family, or add one: a ModelAdapter subclass decorated with @register in "
+            "a new file in edgeprune/models/adapters/",
         ) from None
 
 
@@ -29,5 +25,5 @@ def adapter_for(model: nn.Module) -> ModelAdapter:
     return adapter_for_type(getattr(config, "model_type", type(model).__name__))
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "TransformerLayer", "adapter_for", "adapter_for_type",
-           "encoder_macs", "layer_macs"]
+__all__ = ["REGISTRY", "ModelAdapter", "RowBlock", "TransformerLayer", "adapter_for", "adapter_for_type",
+           "encoder_macs"]

@@ -18,9 +18,10 @@ from torch import nn
 
 from edgeprune.errors import EdgepruneError, ModelLoadError
 from edgeprune.files import staged_dir
-from edgeprune.models import adapter_for_type
-from edgeprune.prune.apply import apply_plan
-from edgeprune.prune.plan import PLAN_FILE, PruningPlan
+from edgeprune.models import ModelAdapter, adapter_for_type
+from edgeprune.models.base import IMAGE
+from edgeprune.models.plan import PLAN_FILE, PruningPlan
+from edgeprune.models.slicing import apply_plan
 
 WEIGHTS_FILE = "model.safetensors"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -29,16 +30,23 @@ SENTENCE_TRANSFORMERS_DIRS = ("1_Pooling", "2_Normalize")
 
 @dataclass
 class LoadedModel:
-    """A model with what it needs to be used on text: tokenizer, task and pooling."""
+    """A model with what it needs to be used: its processor (tokenizer or image processor), task and pooling."""
 
     model: nn.Module
-    tokenizer: object
+    processor: object
+    """What turns raw inputs into model inputs: a tokenizer (text models) or an image processor (image models)."""
     path: Path
     task: str
-    """``feature-extraction`` or ``text-classification`` (optimum's task names)."""
+    """optimum's task name: ``feature-extraction``, ``text-classification``, ``image-classification``,
+    ``text-generation``."""
     pooling: str
-    """How token states become one sentence embedding: ``mean`` or ``cls``."""
+    """How token states become one vector: ``mean`` over real tokens, or ``cls``."""
     plan: PruningPlan | None = None
+
+    @property
+    def modality(self) -> str:
+        """``text`` or ``image``: what the model reads."""
+        return adapter_for_type(self.model.config.model_type).modality
 
 
 def default_model_path() -> Path:
@@ -57,17 +65,17 @@ def load_model(path: Path | str | None = None) -> LoadedModel:
     """Load a Hugging Face model directory (dense, or pruned by edgeprune) for pruning and export."""
     path = default_model_path() if path is None else Path(path)
     config = _read_config(path)
-    adapter_for_type(str(config.get("model_type")))
+    adapter = adapter_for_type(str(config.get("model_type")))
     if (path / PLAN_FILE).exists():
         return load_pruned(path)
-    auto_class, task = _auto_class(config)
+    auto_class, task = adapter.auto_class(config)
     try:
         model = auto_class.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelLoadError(f"cannot load model weights from '{path}' ({_first_line(exc)})",
                              "check that the directory holds a complete Hugging Face checkpoint") from None
-    return LoadedModel(model=model.eval(), tokenizer=_load_tokenizer(path), path=path, task=task,
-                       pooling=_pooling(path, task))
+    return LoadedModel(model=model.eval(), processor=_load_processor(path, adapter), path=path, task=task,
+                       pooling=_pooling(path, task, adapter))
 
 
 def load_pruned(path: Path | str) -> LoadedModel:
@@ -78,7 +86,7 @@ def load_pruned(path: Path | str) -> LoadedModel:
     config_dict = _read_config(path)
     adapter = adapter_for_type(str(config_dict.get("model_type")))
     plan = PruningPlan.load(path / PLAN_FILE)
-    auto_class, task = _auto_class(config_dict)
+    auto_class, task = adapter.auto_class(config_dict)
     model = auto_class.from_config(AutoConfig.from_pretrained(path))
     apply_plan(model, adapter, plan)
     try:
@@ -86,19 +94,19 @@ def load_pruned(path: Path | str) -> LoadedModel:
     except (OSError, RuntimeError, safetensors.SafetensorError) as exc:
         raise ModelLoadError(f"weights in '{path}' do not match its pruning plan ({_first_line(exc)})",
                              "re-create the pruned model with `edgeprune prune`") from None
-    return LoadedModel(model=model.eval(), tokenizer=_load_tokenizer(path), path=path, task=task,
-                       pooling=_pooling(path, task), plan=plan)
+    return LoadedModel(model=model.eval(), processor=_load_processor(path, adapter), path=path, task=task,
+                       pooling=_pooling(path, task, adapter), plan=plan)
 
 
 def save_pruned(loaded: LoadedModel, out_dir: Path) -> Path:
-    """Write a pruned model as config + plan + safetensors + tokenizer, atomically."""
+    """Write a pruned model as config + plan + safetensors + processor, atomically."""
     if loaded.plan is None:
-        raise EdgepruneError("the model has no pruning plan", "prune it first with edgeprune.prune")
+        raise EdgepruneError("the model has no pruning plan", "prune it first with edgeprune.pruning")
     with staged_dir(Path(out_dir), inputs=[loaded.path]) as tmp:
         loaded.model.config.save_pretrained(tmp)
         loaded.plan.save(tmp / PLAN_FILE)
         safetensors.torch.save_model(loaded.model, str(tmp / WEIGHTS_FILE))
-        loaded.tokenizer.save_pretrained(tmp)
+        loaded.processor.save_pretrained(tmp)
         copy_sentence_transformers_files(loaded.path, tmp)
     return Path(out_dir)
 
@@ -134,31 +142,23 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-def _auto_class(config: dict) -> tuple[type, str]:
-    from transformers import AutoModel, AutoModelForSequenceClassification
+def _load_processor(path: Path, adapter: ModelAdapter) -> object:
+    from transformers import AutoImageProcessor, AutoTokenizer
 
-    architectures = config.get("architectures") or []
-    if any(name.endswith("ForSequenceClassification") for name in architectures):
-        return AutoModelForSequenceClassification, "text-classification"
-    return AutoModel, "feature-extraction"
-
-
-def _load_tokenizer(path: Path) -> object:
-    from transformers import AutoTokenizer
-
+    kind, auto = ("image processor", AutoImageProcessor) if adapter.modality == IMAGE else ("tokenizer", AutoTokenizer)
     try:
-        return AutoTokenizer.from_pretrained(path)
+        return auto.from_pretrained(path)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load a tokenizer from '{path}' ({_first_line(exc)})",
-                             "save the tokenizer next to the model (tokenizer.save_pretrained)") from None
+        raise ModelLoadError(f"cannot load a {kind} from '{path}' ({_first_line(exc)})",
+                             f"save the {kind} next to the model (its save_pretrained)") from None
 
 
-def _pooling(path: Path, task: str) -> str:
+def _pooling(path: Path, task: str, adapter: ModelAdapter) -> str:
     pooling_config = path / "1_Pooling" / "config.json"
     if pooling_config.is_file():
         config = json.loads(pooling_config.read_text(encoding="utf-8"))
         return "cls" if config.get("pooling_mode_cls_token") else "mean"
-    return "cls" if task == "text-classification" else "mean"
+    return "cls" if task == "text-classification" else adapter.pooling
 
 
 def _first_line(exc: BaseException) -> str:

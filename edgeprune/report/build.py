@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgeprune.prune.plan import PruningPlan
+from edgeprune.models.plan import PruningPlan
 from edgeprune.report.schema import ModelFigures, Report, VerdictLine
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeprune.prune.plan import LayerPlan
+from edgeprune.models.plan import LayerPlan
 
 HEAD_GRID = (1.0, 0.75, 0.5, 0.25, 0.0)
 """Fractions of the heads kept per layer in the table (0 means one head: a layer needs one)."""

@@ -1,0 +1,111 @@
+"""Budgets and verdicts: does a model fit its latency and memory limits?
+
+On this host the figures are measured and a line is PASS or FAIL. On any other profile they
+are predicted with an error band: PASS when the whole band is within the budget, FAIL when
+all of it is over, UNCERTAIN when the band straddles the budget.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.profiling import ProfileResult, measure_or_predict
+
+PASS, FAIL, UNCERTAIN = "PASS", "FAIL", "UNCERTAIN"
+
+
+@dataclass(frozen=True)
+class Budget:
+    latency_ms: float | None = None
+    memory_mb: float | None = None
+    """Peak resident memory of inference over the process baseline (MiB)."""
+    percentile: str = "p90"
+
+    def __post_init__(self) -> None:
+        if self.latency_ms is None and self.memory_mb is None:
+            raise EdgepruneError("no budget given", "pass --latency-ms and/or --memory-mb")
+        for name, value in (("latency", self.latency_ms), ("memory", self.memory_mb)):
+            if value is not None and not value > 0:
+                raise EdgepruneError(f"{name} budget {value} is not positive", f"pass a positive {name} budget")
+        if not re.fullmatch(r"p(50|90|95|99)", self.percentile):
+            raise EdgepruneError(f"unknown percentile '{self.percentile}'", "use p50, p90, p95 or p99")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One budget line: what was allowed, what was measured or predicted, and the outcome."""
+
+    metric: str
+    budget: float
+    value: float
+    unit: str
+    status: str
+    profile: str
+    low: float
+    """Lower end of the band the value is expected in (the value itself when measured)."""
+    high: float
+    predicted: bool = False
+
+    @property
+    def margin(self) -> float:
+        """Headroom as a fraction of the budget (negative when over)."""
+        return (self.budget - self.value) / self.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        """The band appears only on predicted lines: a measured one has none."""
+        data = {**asdict(self), "value": round(self.value, 4), "margin": round(self.margin, 4)}
+        if self.predicted:
+            data.update(low=round(self.low, 4), high=round(self.high, 4))
+        else:
+            del data["low"], data["high"]
+        return data
+
+
+def judge(budget: float, low: float, high: float) -> str:
+    """PASS when the whole band is within the budget, FAIL when all of it is over, UNCERTAIN when it straddles the
+    budget (which a measurement, whose band is its value, never does)."""
+    if high <= budget:
+        return PASS
+    return FAIL if low > budget else UNCERTAIN
+
+
+def verdicts(result: ProfileResult, budget: Budget) -> list[Verdict]:
+    """One line per budget, judged on the result's band: measured values on this host, predicted ones elsewhere."""
+    figures = []
+    if budget.latency_ms is not None:
+        figures.append((f"latency_{budget.percentile}", budget.latency_ms, "ms", result.latency(budget.percentile)))
+    if budget.memory_mb is not None:
+        figures.append(("peak_memory", budget.memory_mb, "MiB", result.memory()))
+    return [Verdict(metric, limit, value, unit, judge(limit, low, high), result.device, low, high, result.predicted)
+            for metric, limit, unit, (value, low, high) in figures]
+
+
+def check(onnx_path: Path | str, device: str, budget: Budget, *, threads: int | None = None, batch: int = 1,
+          seq_len: int = 128, runs: int = 100) -> tuple[list[Verdict], ProfileResult]:
+    """Measure (this host) or predict (any other profile) ``onnx_path`` and judge it against ``budget``."""
+    result = measure_or_predict(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
+                                memory=budget.memory_mb is not None)
+    return verdicts(result, budget), result
+
+
+def passed(lines: list[Verdict]) -> bool:
+    return all(line.status == PASS for line in lines)
+
+
+def junit_xml(lines: list[Verdict], suite: str = "edgeprune.check") -> str:
+    """JUnit XML with one test case per budget line, for CI systems that render test reports."""
+    failures = sum(line.status != PASS for line in lines)
+    cases = []
+    for line in lines:
+        name = quoteattr(f"{line.profile}.{line.metric}")
+        band = f" (predicted {line.low:.3f}-{line.high:.3f})" if line.predicted else ""
+        text = f"{line.status}: {line.metric} = {line.value:.3f} {line.unit}{band}, budget {line.budget:g} {line.unit}"
+        body = "" if line.status == PASS else f"<failure message={quoteattr(text)}/>"
+        cases.append(f'  <testcase classname="{suite}" name={name}>{body}</testcase>')
+    header = f'<testsuite name="{suite}" tests="{len(lines)}" failures="{failures}">'
+    return "\n".join(['<?xml version="1.0" encoding="utf-8"?>', header, *cases, "</testsuite>"]) + "\n"

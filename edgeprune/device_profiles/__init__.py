@@ -1,0 +1,1 @@
+"""Device profiles shipped with edgeprune: one YAML per target."""

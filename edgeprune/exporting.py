@@ -1,0 +1,162 @@
+"""PyTorch → ONNX with dynamic batch and sequence axes, verified against PyTorch on real text.
+
+The export goes through optimum's exporter, so the output directory (model.onnx, config,
+tokenizer) loads with optimum's ``ORTModelFor...`` classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgeprune import runtime
+from edgeprune.data import sample_sentences
+from edgeprune.data.images import synthetic_images
+from edgeprune.data.inputs import model_inputs
+from edgeprune.data.text import as_torch
+from edgeprune.errors import ExportError
+from edgeprune.files import staged_dir
+from edgeprune.models.base import IMAGE
+from edgeprune.models.loading import LoadedModel, copy_sentence_transformers_files, load_model
+from edgeprune.models.plan import PLAN_FILE
+from edgeprune.quiet import quiet
+
+ONNX_FILE = "model.onnx"
+DEFAULT_ATOL = 1e-4
+"""Max abs difference allowed between PyTorch and ONNX outputs, per unit of the largest output magnitude
+(fp32 rounding grows with the values: MiniLM's states reach ~6, its exports differ by ~4e-6 to 1.2e-4)."""
+
+
+@dataclass
+class ExportResult:
+    onnx_path: Path
+    max_abs_diff: float
+    """Largest |PyTorch − ONNX| over the non-padding positions of the parity texts."""
+    parity_texts: int
+    """How many inputs (texts or images) parity was checked on."""
+    task: str
+    parity_inputs: str = "real"
+    """What parity ran on: ``real`` (given) inputs, the ``built-in sentences``, or ``synthetic images``."""
+
+
+def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, inputs: list[object] | None = None,
+           atol: float = DEFAULT_ATOL, opset: int | None = None) -> ExportResult:
+    """Export ``model`` to ``out_dir/model.onnx`` and check it against PyTorch on real ``inputs``.
+
+    ``model`` is a loaded model or a directory (None = the packaged default model). ``inputs``
+    are texts or images, as the model reads; by default the built-in parity sentences for a text
+    model and, for an image model, synthetic images (``ExportResult.parity_inputs`` says so: pass
+    real images where you have them). An image model's input is pinned to its configured size,
+    which is the only size its position embeddings accept.
+
+    Raises ``ExportError`` (and writes nothing) when the outputs differ by more than
+    ``atol`` × max(1, largest |output|).
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    kind = "real"
+    if inputs is None:
+        inputs, kind = (sample_sentences(), "built-in sentences") if loaded.modality != IMAGE else (
+            synthetic_images(8, loaded.model.config.image_size), "synthetic images")
+    out_dir = Path(out_dir)
+    with staged_dir(out_dir, inputs=[loaded.path]) as tmp:
+        _optimum_export(loaded, tmp, opset)
+        if loaded.modality == IMAGE:
+            _pin_image_size(tmp / ONNX_FILE, loaded.model.config)
+        copy_sentence_transformers_files(loaded.path, tmp)
+        if loaded.plan is not None:
+            loaded.plan.save(tmp / PLAN_FILE)
+        diff, scale = parity(loaded, tmp / ONNX_FILE, inputs)
+        check_parity(diff, scale, atol, "report this model; try another --opset")
+    return ExportResult(onnx_path=out_dir / ONNX_FILE, max_abs_diff=diff, parity_texts=len(inputs),
+                        task=loaded.task, parity_inputs=kind)
+
+
+def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.Tensor, *,
+                  atol: float = DEFAULT_ATOL, opset: int = 17) -> ExportResult:
+    """Export a tensor-in, tensor-out ``nn.Module`` (a CNN, an encoder) with a dynamic batch axis,
+    checked against PyTorch on ``inputs`` (real images, not noise: parity on noise proves little).
+
+    Raises ``ExportError`` (and writes nothing) when outputs differ by more than ``atol`` ×
+    max(1, largest |output|).
+    """
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise ExportError(f"'{out_path}' already exists", "choose a new file name; edgeprune never overwrites")
+    module = module.eval()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.partial")
+    try:
+        with quiet(), torch.no_grad():
+            torch.onnx.export(module, (inputs[:1],), str(partial), input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset,
+                              dynamo=False)
+        with torch.no_grad():
+            expected = module(inputs)
+        expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
+        sess = runtime.session(partial)
+        actual = sess.run(None, {sess.get_inputs()[0].name: inputs.numpy()})[0]
+        diff, scale = float(np.abs(actual - expected).max()), float(np.abs(expected).max())
+        check_parity(diff, scale, atol, "report this model; try another opset")
+        partial.replace(out_path)
+    except ExportError:
+        raise
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
+                          "check that the model runs in PyTorch on these inputs") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return ExportResult(onnx_path=out_path, max_abs_diff=diff, parity_texts=len(inputs), task="tensor")
+
+
+def check_parity(diff: float, scale: float, atol: float, fix: str) -> None:
+    """Refuse an export whose outputs differ from PyTorch by more than ``atol`` × max(1, largest |output|)."""
+    if not diff <= atol * max(1.0, scale):
+        raise ExportError(f"ONNX outputs differ from PyTorch by {diff:.3g} (tolerance {atol:g} x max(1, "
+                          f"largest output {scale:.3g}))", fix)
+
+
+def parity(loaded: LoadedModel, onnx_path: Path, inputs: list[object]) -> tuple[float, float]:
+    """Max abs difference between PyTorch and ONNX first outputs and the largest |PyTorch output|, padding excluded."""
+    arrays = model_inputs(loaded.processor, inputs)
+    with torch.no_grad():
+        expected = loaded.model(**as_torch(arrays))[0].numpy()
+    sess = runtime.session(onnx_path)
+    actual = sess.run(None, runtime.feed(sess, arrays))[0]
+    if actual.shape != expected.shape:
+        raise ExportError(f"ONNX output shape {actual.shape} differs from PyTorch {expected.shape}",
+                          "report this model")
+    if expected.ndim == 3 and "attention_mask" in arrays:
+        real = arrays["attention_mask"].astype(bool)
+        actual, expected = actual[real], expected[real]
+    return float(np.abs(actual - expected).max()), float(np.abs(expected).max())
+
+
+def _pin_image_size(onnx_path: Path, config: object) -> None:
+    """Fix the channel, height and width axes of ``pixel_values`` to the model's configured image: optimum leaves
+    them symbolic, but the position embeddings only fit that size, and timing needs the real shape."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path))
+    for value in graph.graph.input:
+        if value.name == "pixel_values":
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims[1:], (config.num_channels, config.image_size, config.image_size)):
+                dim.Clear()
+                dim.dim_value = size
+    onnx.save(graph, str(onnx_path))
+
+
+def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:
+    from optimum.exporters.onnx import onnx_export_from_model
+
+    try:
+        with quiet():
+            onnx_export_from_model(loaded.model, out, task=loaded.task, opset=opset, do_validation=False,
+                                   preprocessors=[loaded.processor])
+    except Exception as exc:  # the exporter raises many unrelated types
+        raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
+                          "check that the model runs in PyTorch; report the model if it does") from exc
+

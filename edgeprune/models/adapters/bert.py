@@ -1,0 +1,32 @@
+"""BERT-shaped post-norm encoders: BERT, RoBERTa, XLM-RoBERTa (bare, sequence classification,
+and sentence-transformers models built on them). They share one layer layout."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from edgeprune.models.base import ModelAdapter, RowBlock, TransformerLayer, register
+
+
+@register
+class BertAdapter(ModelAdapter):
+    family = "bert"
+    model_types = ("bert", "roberta", "xlm-roberta")
+
+    def layers(self, model: nn.Module) -> list[TransformerLayer]:
+        result = []
+        for layer in model.base_model.encoder.layer:
+            attention = layer.attention.self
+            head_dim = attention.attention_head_size
+            result.append(TransformerLayer(
+                block=layer, attention=attention,
+                attn_in=tuple(RowBlock(linear, head_dim) for linear in (attention.query, attention.key,
+                                                                         attention.value)),
+                attn_out=layer.attention.output.dense,
+                ffn_in=(RowBlock(layer.intermediate.dense, 1),), ffn_out=layer.output.dense,
+                attn_sum=layer.attention.output.LayerNorm, ffn_sum=layer.output.LayerNorm, head_dim=head_dim))
+        return result
+
+    def set_num_heads(self, layer: TransformerLayer, num_units: int) -> None:
+        layer.attention.num_attention_heads = num_units
+        layer.attention.all_head_size = num_units * layer.head_dim

@@ -1,0 +1,204 @@
+"""Latency and memory of an ONNX model on a device profile.
+
+On the ``host`` profile everything is measured here (``profile``). Any other profile gets an
+``Estimate`` (``estimate``): the model is measured here at one thread, per operator, and
+moved to the device by ``predict``; every figure carries its error band. Both answer the same
+questions (``ProfileResult``: ``latency(percentile)`` and ``memory()`` as (value, low, high),
+``device``, ``predicted``), so budgets, the search and the CLI never ask which one they hold;
+``measure_or_predict`` gives whichever the device allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgeprune.devices import DeviceProfile, available_profiles, load_profile
+from edgeprune.errors import ProfileError
+from edgeprune.files import size_mb
+from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency
+from edgeprune.profiling.memory import MemoryStats, measure_peak_memory
+from edgeprune.profiling.operators import profile_operators
+from edgeprune.profiling.predict import Prediction, predict_latency
+from edgeprune.provenance import host_fingerprint, versions
+
+Figure = tuple[float, float, float]
+"""(value, low, high): a figure and the band the true value is expected in."""
+
+
+class ProfileResult(Protocol):
+    """What a model does on a device, measured or predicted: the questions budgets and reports ask of either."""
+
+    threads: int
+
+    @property
+    def device(self) -> str:
+        """The device profile's name."""
+
+    @property
+    def predicted(self) -> bool:
+        """True for a prediction (its band is real), False for a measurement on this host."""
+
+    @property
+    def basis(self) -> list[str]:
+        """Why a predicted band is as wide as it is; empty for a measurement."""
+
+    @property
+    def size_mb(self) -> float: ...
+
+    def latency(self, percentile: str) -> Figure:
+        """(value, low, high) in ms at ``percentile`` (``p50``, ``p90``, ...)."""
+
+    def memory(self) -> Figure:
+        """(value, low, high) peak MiB over the process baseline; ``ProfileError`` when memory was not measured."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Measurement:
+    """What one model did on this host: latency samples and percentiles, peak memory, size, setup.
+
+    A measurement has no band: ``latency`` and ``memory`` return (value, value, value), so a budget
+    judged on the band is judged on the value itself — PASS or FAIL, never UNCERTAIN.
+    """
+
+    model: str
+    profile: str
+    size_mb: float
+    threads: int
+    batch: int
+    seq_len: int
+    latency_stats: LatencyStats
+    memory_stats: MemoryStats | None
+    host: dict[str, Any] = field(default_factory=host_fingerprint)
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def device(self) -> str:
+        return self.profile
+
+    @property
+    def predicted(self) -> bool:
+        return False
+
+    @property
+    def basis(self) -> list[str]:
+        return []
+
+    def latency(self, percentile: str) -> Figure:
+        """(value, value, value) in ms at ``percentile`` of the samples."""
+        value = self.latency_stats.percentile(percentile)
+        return value, value, value
+
+    def memory(self) -> Figure:
+        """(value, value, value) peak MiB over the process baseline."""
+        if self.memory_stats is None:
+            raise ProfileError("this measurement was made without memory", "profile with memory on")
+        value = self.memory_stats.peak_over_baseline_mb
+        return value, value, value
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "profile": self.profile, "size_mb": round(self.size_mb, 3),
+            "threads": self.threads, "batch": self.batch, "seq_len": self.seq_len,
+            "latency_ms": self.latency_stats.to_dict(),
+            "memory_mb": self.memory_stats.to_dict() if self.memory_stats else None,
+            "host": self.host, "versions": self.versions,
+        }
+
+
+MEMORY_BAND_OTHER_DEVICE = 0.15
+"""Peak memory is the same onnxruntime build allocating the same tensors; weight packing differs per ISA
+(assumed band)."""
+
+
+@dataclass
+class Estimate:
+    """A model's latency and memory on a device that is not this host, predicted from host measurements."""
+
+    device: str
+    threads: int
+    prediction: Prediction
+    """The predicted median latency with its band."""
+    host: Measurement
+    """This host at one thread: the basis of the prediction, the latency tail's shape, and peak memory."""
+
+    @property
+    def predicted(self) -> bool:
+        return True
+
+    @property
+    def basis(self) -> list[str]:
+        return self.prediction.basis
+
+    @property
+    def size_mb(self) -> float:
+        """The model file is the same on every device."""
+        return self.host.size_mb
+
+    def latency(self, percentile: str) -> Figure:
+        """(value, low, high) in ms at ``percentile``: the prediction times this host's percentile/median ratio."""
+        stats = self.host.latency_stats
+        tail = stats.percentile(percentile) / stats.p50
+        p = self.prediction
+        return p.latency_ms * tail, p.low_ms * tail, p.high_ms * tail
+
+    def memory(self) -> Figure:
+        """(value, low, high) peak MiB over baseline."""
+        if self.host.memory_stats is None:
+            raise ProfileError("this estimate was made without memory", "estimate with memory on")
+        value = self.host.memory_stats.peak_over_baseline_mb
+        return value, value * (1 - MEMORY_BAND_OTHER_DEVICE), value * (1 + MEMORY_BAND_OTHER_DEVICE)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"device": self.device, "threads": self.threads, "predicted": True,
+                                "latency_ms": self.prediction.to_dict(), "host_basis": self.host.to_dict()}
+        if self.host.memory_stats is not None:
+            value, low, high = self.memory()
+            data["memory_mb"] = {"peak_over_baseline_mb": round(value, 2), "low": round(low, 2),
+                                 "high": round(high, 2), "band": MEMORY_BAND_OTHER_DEVICE}
+        return data
+
+
+def estimate(onnx_path: Path | str, device: DeviceProfile | str, *, threads: int | None = None, batch: int = 1,
+             seq_len: int = 128, runs: int = 100, warmup: int = 20, memory: bool = True) -> Estimate:
+    """Predict ``onnx_path`` on ``device`` from one-thread measurements on this host."""
+    device = device if isinstance(device, DeviceProfile) else load_profile(device)
+    host = profile(onnx_path, "host", threads=1, batch=batch, seq_len=seq_len, runs=runs, warmup=warmup,
+                   memory=memory)
+    ops = profile_operators(onnx_path, threads=1, batch=batch, seq_len=seq_len)
+    threads = threads or device.runtime.threads
+    prediction = predict_latency(ops, device, threads=threads, measured_ms=host.latency_stats.p50)
+    return Estimate(device=device.name, threads=threads, prediction=prediction, host=host)
+
+
+def profile(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
+            batch: int = 1, seq_len: int = 128, runs: int = 100, warmup: int = 20,
+            memory: bool = True) -> Measurement:
+    """Measure ``onnx_path`` on this host with the device profile's runtime settings."""
+    device = device if isinstance(device, DeviceProfile) else load_profile(device)
+    if not device.is_host:
+        raise ProfileError(f"'{device.name}' is not this host, so it cannot be measured here",
+                           "use edgeprune.profiling.estimate for a prediction with an error band")
+    onnx_path = Path(onnx_path)
+    threads = threads or device.runtime.threads
+    latency = measure_latency(onnx_path, threads, batch=batch, seq_len=seq_len, warmup=warmup, runs=runs)
+    peak = measure_peak_memory(onnx_path, threads, batch, seq_len) if memory else None
+    return Measurement(model=str(onnx_path), profile=device.name, size_mb=size_mb(onnx_path), threads=threads,
+                       batch=batch, seq_len=seq_len, latency_stats=latency, memory_stats=peak)
+
+
+def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
+                       batch: int = 1, seq_len: int = 128, runs: int = 100, memory: bool = True) -> ProfileResult:
+    """``onnx_path`` measured when ``device`` is this host, else predicted with its band: what can be known of it
+    from here."""
+    device = device if isinstance(device, DeviceProfile) else load_profile(device)
+    run = profile if device.is_host else estimate
+    return run(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory)
+
+
+__all__ = ["DeviceProfile", "Estimate", "Figure", "LatencyStats", "Measurement", "MemoryStats", "Prediction",
+           "ProfileResult", "available_profiles", "compare_latency", "estimate", "load_profile", "measure_latency",
+           "measure_or_predict", "profile"]

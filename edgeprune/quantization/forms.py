@@ -1,0 +1,107 @@
+"""The int8 forms onnxruntime can make of a graph, in the flavour the target's instruction set runs well.
+
+Dynamic int8 quantizes weights and computes activation ranges at run time (MatMulInteger /
+DynamicQuantizeMatMul); static int8 fixes activation ranges from calibration inputs, written
+as QDQ pairs (fused by the runtime) or as QOperator nodes (QLinearConv, QLinearMatMul). Any of
+them can leave chosen op types or nodes in fp32: that is how the never-slower quantization
+falls back where int8 loses speed or quality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from edgeprune import runtime
+from edgeprune.errors import ModelLoadError
+from edgeprune.int8 import Int8Scheme
+from edgeprune.quiet import quiet
+
+Feed = dict[str, np.ndarray]
+"""One model input batch: input name → array."""
+
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+"""Op types whose int8 kernels decide speed; the others only move data between them."""
+
+
+STATIC_METHODS = ("minmax", "entropy", "percentile")
+
+
+class FeedReader:
+    """onnxruntime's calibration-data-reader protocol over a list of feeds."""
+
+    def __init__(self, feeds: list[Feed]) -> None:
+        self.items = iter(feeds)
+
+    def get_next(self) -> Feed | None:
+        return next(self.items, None)
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self.items
+
+
+def static_int8(src: Path, dst: Path, scheme: Int8Scheme, calibration: list[Feed], method: str = "minmax", *,
+                fmt: str = "qdq", op_types: Sequence[str] | None = None, exclude: Sequence[str] = (),
+                cache: Path | None = None) -> Path:
+    """onnxruntime's static int8 of ``src``: activation ranges from the ``calibration`` feeds, weights per
+    channel, in ``scheme``'s flavour; ``fmt`` ``qdq`` or ``qoperator``; only ``op_types`` (default: all it
+    can), never the nodes named in ``exclude``. ``cache`` (a JSON file) keeps the ranges, so further forms of
+    the same graph skip calibration, the slow part.
+
+    Convolutions need a static form: dynamic int8 turns them into ConvInteger, which is slower
+    than fp32 Conv on x86; a QDQ Conv runs as a fused QLinearConv.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    formats = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+    if method not in methods:
+        raise ModelLoadError(f"unknown calibration method '{method}'", f"use one of: {', '.join(methods)}")
+    if fmt not in formats:
+        raise ModelLoadError(f"unknown quantization format '{fmt}'", f"use one of: {', '.join(formats)}")
+    if not calibration:
+        raise ModelLoadError("static int8 needs calibration inputs and got none", "pass a few real input batches")
+    with quiet():
+        quantize_static(src, dst, FeedReader(calibration), quant_format=formats[fmt],
+                        per_channel=scheme.per_channel, reduce_range=scheme.reduce_range,
+                        calibrate_method=methods[method], nodes_to_exclude=list(exclude),
+                        calibration_cache_path=cache,
+                        op_types_to_quantize=list(op_types) if op_types is not None else None,
+                        weight_type=QuantType.QInt8 if scheme.weight_type == "int8" else QuantType.QUInt8,
+                        activation_type=QuantType.QUInt8 if scheme.activation_type == "uint8" else QuantType.QInt8)
+    return dst
+
+
+def compute_op_types(onnx_path: Path) -> list[str]:
+    """The ``COMPUTE_OPS`` present in the graph, in that order."""
+    present = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
+    return [op for op in COMPUTE_OPS if op in present]
+
+
+def fuse_transformer(src: Path, dst: Path) -> Path | None:
+    """onnxruntime's BERT fusions; head count and hidden size are read from the graph (0 = detect)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with quiet():
+        optimized = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0)
+        if not any(optimized.get_fused_operator_statistics().values()):
+            return None
+        optimized.save_model_to_file(str(dst))
+    return dst
+
+
+def max_abs_diff(reference: Path, candidate: Path) -> float:
+    ref, cand = runtime.session(reference), runtime.session(candidate)
+    inputs = runtime.synthetic_feed(ref, batch=2, seq_len=32)
+    if "attention_mask" in inputs:
+        inputs["attention_mask"][1, 20:] = 0  # real padding in the second row
+    expected, actual = ref.run(None, inputs)[0], cand.run(None, runtime.feed(cand, inputs))[0]
+    if expected.shape != actual.shape:
+        raise ModelLoadError("fused graph changed the output shape", "report this model")
+    return float(np.abs(expected - actual).max())
+
+

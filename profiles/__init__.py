@@ -1,1 +1,0 @@
-"""Device profiles shipped with edgeprune (one YAML per target); installed as ``edgeprune.device_profiles``."""
