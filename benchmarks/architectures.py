@@ -4,8 +4,9 @@ Random-weight models built from the real configs (distilbert-base, roberta-base,
 vit-base-patch16-224), which is enough for latency and export parity; all-MiniLM-L6-v2 is the
 real packaged model, pruned with the CLI's defaults (Fisher + least squares) and reported with
 its cosine fidelity. Each model goes through the same path as `edgeprune optimize`: parity-checked
-export (real images for ViT), the never-slower int8 choice, and the three models timed side by
-side in interleaved rounds at one thread (batch 1; seq 128 for text, 224² for ViT).
+export (real images for ViT), the never-slower int8 choice among the dynamic forms (``FORMS``), and
+the three models timed side by side in interleaved rounds at one thread (batch 1; seq 128 for
+text, 224² for ViT).
 
     python benchmarks/architectures.py [--runs 30] [--only vit]
 """
@@ -34,6 +35,10 @@ from edgeprune.quantization import quantize
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 IMAGES = SHARED / "imagenet_sample" / "images"
 KEEP = 2 / 3
+FORMS = ("int8", "int8-fused")
+"""Dynamic int8, with and without onnxruntime's transformer fusion: static int8 forms lose on transformers on these
+CPUs (all-MiniLM-L6-v2: static QDQ 12.0 ms vs dynamic 7.0 ms vs fp32 15.0 ms at 1 thread), and calibrating and
+timing them on base-size models takes most of this benchmark's time."""
 ARCHITECTURES = {
     "distilbert-base": ("DistilBertConfig", "DistilBertModel", dict(vocab_size=30522)),
     "roberta-base": ("RobertaConfig", "RobertaModel", dict(vocab_size=50265, max_position_embeddings=514,
@@ -81,8 +86,8 @@ def measure(name: str, path: Path, work: Path, runs: int) -> dict[str, object]:
     feeds = {} if dense.modality == "text" else {
         "calibration": [model_inputs(dense.processor, fit[i:i + 8]) for i in range(0, 32, 8)],
         "check": [model_inputs(dense.processor, held[i:i + 8]) for i in range(0, 16, 8)]}
-    dense_q = quantize(dense_onnx.onnx_path, work / "dense-int8", **feeds)
-    pruned_q = quantize(pruned_onnx.onnx_path, work / "pruned-int8", **feeds)
+    dense_q = quantize(dense_onnx.onnx_path, work / "dense-int8", forms=FORMS, **feeds)
+    pruned_q = quantize(pruned_onnx.onnx_path, work / "pruned-int8", forms=FORMS, **feeds)
     stats = compare_latency([dense_onnx.onnx_path, dense_q.onnx_path, pruned_q.onnx_path], threads=1, rounds=5,
                             runs=runs)
     fidelity = None

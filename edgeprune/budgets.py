@@ -7,13 +7,13 @@ all of it is over, UNCERTAIN when the band straddles the budget.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import BadArgumentError
+from edgeprune.options import check_percentile, check_positive
 from edgeprune.profiling import ProfileResult, measure_or_predict
 
 PASS, FAIL, UNCERTAIN = "PASS", "FAIL", "UNCERTAIN"
@@ -28,12 +28,9 @@ class Budget:
 
     def __post_init__(self) -> None:
         if self.latency_ms is None and self.memory_mb is None:
-            raise EdgepruneError("no budget given", "pass --latency-ms and/or --memory-mb")
-        for name, value in (("latency", self.latency_ms), ("memory", self.memory_mb)):
-            if value is not None and not value > 0:
-                raise EdgepruneError(f"{name} budget {value} is not positive", f"pass a positive {name} budget")
-        if not re.fullmatch(r"p(50|90|95|99)", self.percentile):
-            raise EdgepruneError(f"unknown percentile '{self.percentile}'", "use p50, p90, p95 or p99")
+            raise BadArgumentError("no budget given", "pass --latency-ms and/or --memory-mb")
+        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb)
+        check_percentile(self.percentile)
 
 
 @dataclass(frozen=True)

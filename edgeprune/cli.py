@@ -5,6 +5,11 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import os
+import signal
+import sys
+import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -15,6 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgeprune.errors import EdgepruneError
+from edgeprune.files import atomic_write_json, atomic_write_text, guard_file, guard_output, model_files
 from edgeprune.options import PruneOptions, check_target
 
 DEFAULTS = PruneOptions()
@@ -28,7 +34,11 @@ out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FAIL, EXIT_BAD_INPUT = 1, 2
+EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_CODES = {0: "pass (every budget line within)", EXIT_FAIL: "over budget, or uncertain on a predicted profile",
+              EXIT_BAD_INPUT: "bad input: one error line names the cause and the fix; nothing written",
+              EXIT_INTERNAL: "internal error (a bug): the traceback file is named; nothing written",
+              EXIT_INTERRUPTED: "interrupted by SIGINT or SIGTERM; unfinished outputs removed"}
 
 ModelDir = Annotated[
     Path | None, typer.Argument(help="Hugging Face model directory (default: packaged all-MiniLM-L6-v2).")
@@ -55,19 +65,69 @@ Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM (Ctrl-C, a CI timeout, ``docker stop``) as an exception that unwinds the run, so staged
+    outputs are removed. A BaseException, so no library's ``except Exception`` swallows it."""
+
+
+_received: list[str] = []
+"""Signals received during the current command. An exception raised inside a destructor (``__del__``) is
+ignored by Python, so the signal is also remembered here and every stage boundary raises it again."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _received.append(signal.Signals(signum).name)
+    raise Interrupted(_received[-1])
+
+
+def raise_if_interrupted() -> None:
+    if _received:
+        raise Interrupted(_received[-1])
+
+
 def handled(command: F) -> F:
-    """Turn an ``EdgepruneError`` into one red line on stderr and exit code 2."""
+    """The exit-code contract of every command (see ``EXIT_CODES``): bad input is one red line and exit 2; an
+    interruption removes partial outputs and says so; anything else is an edgeprune bug — exit 3, with the
+    traceback written to a file the user can attach to a report."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _received.clear()
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             return command(*args, **kwargs)
         except EdgepruneError as exc:
             err.print(f"[bold red]error:[/] {exc.cause}" + (f" — {exc.fix}" if exc.fix else ""),
                       highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
+        except (KeyboardInterrupt, Interrupted):
+            how = "SIGTERM" if "SIGTERM" in _received else "Ctrl-C (SIGINT)"
+            err.print(f"[bold red]interrupted:[/] edgeprune {command.__name__.removesuffix('_command')} stopped by "
+                      f"{how}; its unfinished outputs were removed", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise
+        except Exception as exc:  # the last resort: any other exception is a bug in edgeprune, never "bad input"
+            log = _write_traceback()
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {str(exc)[:300]} — this is a bug in "
+                      f"edgeprune, not in your input; the traceback is in {log}; please report it with that file",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERNAL) from None
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _write_traceback() -> Path:
+    """The current exception's traceback, with versions, in a new file under the system temp folder."""
+    from edgeprune.provenance import versions
+
+    fd, name = tempfile.mkstemp(prefix="edgeprune-crash-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(f"edgeprune {' '.join(sys.argv[1:])}\nversions: {versions()}\n\n{traceback.format_exc()}")
+    return Path(name)
 
 
 Tick = Callable[[int, int], None]
@@ -84,8 +144,10 @@ def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[Ti
             task = progress.add_task(description, total=1, count="")
 
             def tick(done: int, total: int) -> None:
+                raise_if_interrupted()
                 progress.update(task, count=f"{done}/{total}")
 
+            raise_if_interrupted()
             try:
                 yield tick
             except BaseException:
@@ -93,15 +155,21 @@ def _progress() -> Iterator[Callable[[str], contextlib.AbstractContextManager[Ti
                 raise
             progress.update(task, completed=1)
             progress.stop_task(task)
+            raise_if_interrupted()
 
         yield stage
 
 
-def _write_json(path: Path | None, data: Any) -> None:
+def _write_json(path: Path | None, data: Any, inputs: list[Path]) -> None:
     if path is not None:
-        from edgeprune.files import atomic_write_json
+        atomic_write_json(path, data, inputs)
 
-        atomic_write_json(path, data)
+
+def _guard_files(outputs: list[Path | None], inputs: list[Path]) -> None:
+    """Refuse, before any work, a file output that would overwrite an input (``--json model.onnx``)."""
+    for path in outputs:
+        if path is not None:
+            guard_file(path, inputs)
 
 
 @app.command()
@@ -191,7 +259,6 @@ def prune_command(
     seed: Seed = 0,
 ) -> None:
     """Physically remove attention heads and FFN neurons; save safetensors + config + plan."""
-    from edgeprune.files import guard_output
     from edgeprune.models.loading import load_model, save_pruned
     from edgeprune.pruning import kept_macs_fraction
     from edgeprune.pruning.loaded import prune_loaded
@@ -263,8 +330,11 @@ def profile_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
 ) -> None:
     """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles."""
+    from edgeprune.options import check_measurement
     from edgeprune.profiling import measure_or_predict
 
+    check_measurement(threads, batch, seq_len, runs)
+    _guard_files([json_out], model_files(model))
     result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
     how = ", predicted" if result.predicted else ""
     table = Table(title=f"{model} on {result.device}{how} ({result.threads} thread(s), batch {batch}, seq {seq_len})")
@@ -276,7 +346,7 @@ def profile_command(
     out.print(table)
     if result.predicted:
         out.print("; ".join(result.basis), highlight=False, soft_wrap=True)
-    _write_json(json_out, result.to_dict())
+    _write_json(json_out, result.to_dict(), model_files(model))
 
 
 @app.command("check")
@@ -299,24 +369,27 @@ def check_command(
     On this host the model is measured; on any other profile it is predicted with an error band.
     """
     from edgeprune.budgets import Budget, check, junit_xml, passed
-    from edgeprune.files import atomic_write_text
+    from edgeprune.options import check_measurement
 
     budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile)
+    check_measurement(threads, 1, seq_len, runs)
+    inputs = model_files(model)
+    _guard_files([json_out, junit_out, markdown_out], inputs)
     lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
     _print_verdicts(lines)
     if result.predicted:
         out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.basis),
                   highlight=False, soft_wrap=True)
     _write_json(json_out, {"passed": passed(lines), "verdicts": [v.to_dict() for v in lines],
-                           "measurement": result.to_dict()})
+                           "measurement": result.to_dict()}, inputs)
     if junit_out is not None:
-        atomic_write_text(junit_out, junit_xml(lines))
+        atomic_write_text(junit_out, junit_xml(lines), inputs)
     if markdown_out is not None:
         from edgeprune.report.markdown import verdict_table
 
         status = "PASS" if passed(lines) else "FAIL"
         table = "\n".join(verdict_table([v.to_dict() for v in lines]))
-        atomic_write_text(markdown_out, f"### edgeprune check: {status} — `{model.name}`\n\n{table}\n")
+        atomic_write_text(markdown_out, f"### edgeprune check: {status} — `{model.name}`\n\n{table}\n", inputs)
     raise typer.Exit(0 if passed(lines) else EXIT_FAIL)
 
 
@@ -382,23 +455,23 @@ def calibrate_command(
 ) -> None:
     """Fit a profile's predictions to latencies measured on the device; write the calibrated profile."""
     from edgeprune.devices import load_profile, profile_dir
-    from edgeprune.errors import OutputError
-    from edgeprune.files import atomic_write_text
+    from edgeprune.errors import BadArgumentError
     from edgeprune.profiling.calibrate import calibrate, read_latency
 
     device = load_profile(profile)
     source = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else profile_dir() / f"{profile}.yaml"
-    if out_file.resolve() == source.resolve():
-        raise OutputError(f"--out '{out_file}' is the input profile", "write the calibrated profile to a new file")
     measurements = {}
     for item in measure:
         model, sep, value = item.partition("=")
         if not sep:
-            raise OutputError(f"--measure '{item}' is not MODEL.onnx=LATENCY_MS", "write it as model.onnx=12.5")
+            raise BadArgumentError(f"--measure '{item}' is not MODEL.onnx=LATENCY_MS", "write it as model.onnx=12.5")
         measurements[Path(model)] = read_latency(value)
+    perf_outputs = [Path(item.partition("=")[2]) for item in measure if Path(item.partition("=")[2]).is_file()]
+    inputs = [source, *perf_outputs, *(f for model in measurements for f in model_files(model))]
+    _guard_files([out_file], inputs)
     with _progress() as stage, stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
         calibrated = calibrate(device, measurements, threads=threads)
-    atomic_write_text(out_file, calibrated.to_yaml())
+    atomic_write_text(out_file, calibrated.to_yaml(), inputs)
     c = calibrated.calibration
     out.print(f"{out_file}: latency factor {c.latency_factor.value:.3f}, band ±{c.band.value:.0%} "
               f"from {len(c.anchors)} anchor(s)", highlight=False)

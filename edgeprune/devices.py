@@ -41,7 +41,8 @@ UNITS: dict[str, tuple[str, float]] = {
 class Quantity(_Strict):
     """A figure with its unit, where it comes from, and how it was obtained."""
 
-    value: float = Field(ge=0)
+    value: float = Field(gt=0, allow_inf_nan=False)
+    """Positive and finite: a zero or infinite clock, bandwidth or count would reach the prediction as a rate."""
     unit: str = Field(min_length=1)
     source: str = Field(min_length=1)
     kind: Literal["measured", "derived", "assumed", "detected", "datasheet"]
@@ -206,11 +207,22 @@ def load_profile(name_or_path: str | Path) -> DeviceProfile:
     return parse_profile(path)
 
 
+MAX_PROFILE_BYTES = 256 * 1024
+"""The shipped profiles are 3-6 KB; a file far beyond that is not a device profile (and YAML this size parses
+in milliseconds with the C loader, while a multi-MB one could take minutes)."""
+
+
 def parse_profile(path: Path) -> DeviceProfile:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile '{path}' ({exc.strerror})", "check the path") from None
+        size = Path(path).stat().st_size
+        if size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"profile '{path}' is {size / 1024:.0f} KB, over the {MAX_PROFILE_BYTES // 1024} KB "
+                               "a device profile can need", "pass a device profile (see edgeprune profiles show rpi5)")
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ProfileError(f"cannot read profile '{path}' ({reason})", "check the path") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where else ""
@@ -248,10 +260,13 @@ def detect_host() -> DeviceProfile:
     if max_khz.isdigit():
         clock = Quantity(value=int(max_khz) / 1e6, unit="GHz", source=f"cpufreq cpuinfo_max_freq, {detected}",
                          kind="detected")
-    else:  # VMs often hide cpufreq: the current clock is the best figure available
-        mhz = float(_field(cpuinfo, "cpu MHz") or 0) or 1000.0
+    elif mhz := float(_field(cpuinfo, "cpu MHz") or 0):  # VMs often hide cpufreq: the current clock is next best
         clock = Quantity(value=round(mhz / 1e3, 3), unit="GHz", source=f"/proc/cpuinfo 'cpu MHz', {detected}",
                          kind="detected")
+    else:
+        clock = Quantity(value=1.0, unit="GHz", kind="assumed",
+                         source="not detectable here (no cpufreq, no 'cpu MHz'): 1 GHz assumed; host rates come from "
+                                "the measured characterization, not from this figure")
     derived = f"derived from the ISA ({why})"
     cluster = Cluster(core=_field(cpuinfo, "model name") or platform.processor() or "unknown",
                       count=Quantity(value=cores, unit="cores", source="os.sched_getaffinity", kind="detected"),
@@ -263,7 +278,9 @@ def detect_host() -> DeviceProfile:
         description="This machine, as detected now.",
         cpu=Cpu(name=cluster.core, arch=arch, clusters=[cluster]),
         memory=Memory(capacity=Quantity(value=round(mem_kb / 1024**2, 2), unit="GiB",
-                                        source=f"/proc/meminfo MemTotal, {detected}", kind="detected")),
+                                        source=f"/proc/meminfo MemTotal, {detected}", kind="detected") if mem_kb else
+                      Quantity(value=1.0, unit="GiB", source="not detectable here (no /proc/meminfo): 1 GiB assumed",
+                               kind="assumed")),
         runtime=Runtime(threads=cores),
         is_host=True,
     )

@@ -20,7 +20,13 @@ from edgeprune.data.text import as_torch
 from edgeprune.errors import ExportError
 from edgeprune.files import staged_dir
 from edgeprune.models.base import IMAGE
-from edgeprune.models.loading import LoadedModel, copy_sentence_transformers_files, load_model
+from edgeprune.models.loading import (
+    SENTENCE_TRANSFORMERS_FILES,
+    LoadedModel,
+    copy_model_files,
+    drop_remote_code,
+    load_model,
+)
 from edgeprune.models.plan import PLAN_FILE
 from edgeprune.quiet import quiet
 
@@ -65,7 +71,8 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, input
         _optimum_export(loaded, tmp, opset)
         if loaded.modality == IMAGE:
             _pin_image_size(tmp / ONNX_FILE, loaded.model.config)
-        copy_sentence_transformers_files(loaded.path, tmp)
+        copy_model_files(loaded.path, tmp, SENTENCE_TRANSFORMERS_FILES)
+        drop_remote_code(tmp / "config.json")
         if loaded.plan is not None:
             loaded.plan.save(tmp / PLAN_FILE)
         diff, scale = parity(loaded, tmp / ONNX_FILE, inputs)
@@ -101,9 +108,7 @@ def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.T
         diff, scale = float(np.abs(actual - expected).max()), float(np.abs(expected).max())
         check_parity(diff, scale, atol, "report this model; try another opset")
         partial.replace(out_path)
-    except ExportError:
-        raise
-    except Exception as exc:  # the exporter raises many unrelated types
+    except torch.onnx.errors.OnnxExporterError as exc:  # an operator or pattern the exporter cannot express
         raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
                           "check that the model runs in PyTorch on these inputs") from exc
     finally:
@@ -156,7 +161,8 @@ def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:
         with quiet():
             onnx_export_from_model(loaded.model, out, task=loaded.task, opset=opset, do_validation=False,
                                    preprocessors=[loaded.processor])
-    except Exception as exc:  # the exporter raises many unrelated types
+    except (ValueError, KeyError, torch.onnx.errors.OnnxExporterError) as exc:
+        # what optimum and torch.onnx raise for a model or operator they do not support; anything else is a bug
         raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
                           "check that the model runs in PyTorch; report the model if it does") from exc
 

@@ -79,3 +79,18 @@ PERCENTILES = ("p50", "p90", "p95", "p99")
 def check_percentile(percentile: str) -> None:
     if percentile not in PERCENTILES:
         raise BadArgumentError(f"unknown percentile '{percentile}'", f"use one of: {', '.join(PERCENTILES)}")
+
+
+def check_measurement(threads: int | None = None, batch: int = 1, seq_len: int = 128, runs: int = 1) -> None:
+    """Refuse thread, batch, sequence and run counts that cannot be measured (zero, negative)."""
+    for name, count in (("--threads", threads), ("--batch", batch), ("--seq-len", seq_len), ("--runs", runs)):
+        if count is not None and count < 1:
+            raise BadArgumentError(f"{name} {count} is not positive", f"pass {name} 1 or more")
+
+
+def check_positive(**values: float | None) -> None:
+    """Refuse budgets and factors that are not positive finite numbers (inf, NaN, 0, negative)."""
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise BadArgumentError(f"{flag} {value} is not a positive finite number", f"pass {flag} greater than 0")

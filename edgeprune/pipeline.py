@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import shutil
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgeprune import evaluate
+from edgeprune import evaluate, runtime
 from edgeprune.budgets import Budget, Verdict, passed, verdicts
 from edgeprune.data.inputs import model_inputs
 from edgeprune.errors import BadArgumentError
@@ -25,7 +24,7 @@ from edgeprune.exporting import ExportResult, export
 from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.base import TEXT
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
-from edgeprune.options import PruneOptions, check_percentile, check_target
+from edgeprune.options import PruneOptions, check_measurement, check_percentile, check_positive, check_target
 from edgeprune.profiling import Measurement, compare_latency, estimate, load_profile
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.profiling.operators import profile_operators
@@ -80,14 +79,9 @@ class OptimizeSettings:
         """Refuse every bad value before any work starts (not after minutes of pruning)."""
         check_target(self.keep_flops, self.heads_ratio, self.ffn_ratio)
         check_percentile(self.percentile)
-        for name, value in (("--latency-ms", self.latency_ms), ("--memory-mb", self.memory_mb),
-                            ("--min-speedup", self.min_speedup)):
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise BadArgumentError(f"{name} {value} is not a positive finite number", f"pass {name} > 0")
-        for name, count in (("--threads", self.threads), ("--batch", self.batch), ("--seq-len", self.seq_len),
-                            ("--runs", self.runs)):
-            if count is not None and count < 1:
-                raise BadArgumentError(f"{name} {count} is not positive", f"pass {name} 1 or more")
+        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb, min_speedup=self.min_speedup,
+                       max_quality_drop=self.max_quality_drop)
+        check_measurement(self.threads, self.batch, self.seq_len, self.runs)
 
     def searches(self) -> bool:
         """A latency budget without a fixed pruning target: search for the setting that meets it."""
@@ -153,6 +147,7 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     with staged_dir(out_dir, inputs=[dense.path]) as tmp:
         with stage("Exporting the dense baseline to ONNX"):
             dense_export = export(dense, tmp / "dense-onnx", inputs=parity_inputs)
+            runtime.check_seq_len(dense_export.onnx_path, settings.seq_len)  # before minutes of pruning
         t0 = time.perf_counter()
         if settings.searches():
             with stage(f"Searching for the best model within {settings.latency_ms:g} ms {settings.percentile}"):

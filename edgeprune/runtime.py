@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
-from edgeprune.errors import ModelLoadError
+from edgeprune.errors import BadArgumentError, ModelLoadError
+
+BAD_MODEL = (_state.InvalidProtobuf, _state.InvalidGraph, _state.InvalidArgument, _state.NotImplemented,
+             _state.NoSuchFile, _state.Fail)
+"""What onnxruntime raises for a file that is not a usable model (corrupt bytes, an invalid graph, an operator it
+lacks); anything else it raises is not the input's fault and is left to surface as an internal error."""
 
 TOKEN_ID_RANGE = (1000, 2000)
 """Synthetic token ids are drawn here: ordinary word pieces in any BERT-size vocabulary."""
@@ -29,11 +36,15 @@ def session(path: Path | str, threads: int = 1, allow_spinning: bool = True) -> 
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except BAD_MODEL as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"'{path}' is not a loadable ONNX model ({first})",
+        raise ModelLoadError(f"'{path}' is not a loadable ONNX model ({type(exc).__name__}: {first})",
                              "re-export the model (edgeprune export)") from None
+    if not sess.get_inputs():
+        raise ModelLoadError(f"'{path}' has no inputs, so there is nothing to run or time",
+                             "export the model with its inputs (edgeprune export)")
+    return sess
 
 
 def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -67,20 +78,55 @@ def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: i
     """Inputs of the requested shape for timing: random token ids, full attention, zeros elsewhere.
 
     Token-model inputs are recognized by name; any float input (an image, say) gets
-    standard-normal values of its static shape with the batch axis set to ``batch``.
+    standard-normal values of its static shape with the batch axis set to ``batch``. A request
+    that contradicts an axis the model fixes (a batch of 2 for a model exported with batch 1) is
+    refused with the axis named, instead of failing inside onnxruntime.
     """
     rng = np.random.default_rng(seed)
     arrays = {}
     for spec in sess.get_inputs():
+        wanted = [batch, *([seq_len] * (len(spec.shape) - 1))]
+        shape = []
+        for axis, (dim, want) in enumerate(zip(spec.shape, wanted)):
+            if isinstance(dim, int) and dim != want and (axis == 0 or "float" not in spec.type):
+                what = "batch" if axis == 0 else "sequence length"
+                raise BadArgumentError(f"input '{spec.name}' has a fixed {what} of {dim}; {want} cannot run",
+                                       f"pass --{'batch' if axis == 0 else 'seq-len'} {dim}")
+            shape.append(dim if isinstance(dim, int) else want)
         if "float" in spec.type:
-            shape = [batch if i == 0 else (d if isinstance(d, int) else seq_len) for i, d in enumerate(spec.shape)]
             arrays[spec.name] = rng.standard_normal(shape).astype(np.float32)
         elif spec.name == "input_ids":
-            arrays[spec.name] = rng.integers(*TOKEN_ID_RANGE, size=(batch, seq_len), dtype=np.int64)
+            arrays[spec.name] = rng.integers(*TOKEN_ID_RANGE, size=shape, dtype=np.int64)
         elif "mask" in spec.name:
-            arrays[spec.name] = np.ones((batch, seq_len), dtype=np.int64)
+            arrays[spec.name] = np.ones(shape, dtype=np.int64)
         elif spec.name == "position_ids":
-            arrays[spec.name] = np.tile(np.arange(seq_len, dtype=np.int64), (batch, 1))
+            arrays[spec.name] = np.tile(np.arange(shape[-1], dtype=np.int64), (shape[0], 1))
         else:
-            arrays[spec.name] = np.zeros((batch, seq_len), dtype=np.int64)
+            arrays[spec.name] = np.zeros(shape, dtype=np.int64)
     return arrays
+
+
+def fixed_batch(sess: ort.InferenceSession) -> int | None:
+    """The batch size the model's first input fixes, or None when its batch axis is dynamic."""
+    shape = sess.get_inputs()[0].shape
+    return shape[0] if shape and isinstance(shape[0], int) else None
+
+
+def check_seq_len(onnx_path: Path | str, seq_len: int) -> None:
+    """Refuse a sequence length beyond the positions the model has (``max_position_embeddings`` in the config.json
+    beside it; RoBERTa-style models spend two on padding), instead of an index error deep in onnxruntime."""
+    config_path = Path(onnx_path).parent / "config.json"
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # not ours to judge here; loading the model reports a broken config
+    limit = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(limit, int):
+        return
+    if config.get("model_type") in ("roberta", "xlm-roberta"):
+        limit -= 2
+    if seq_len > limit:
+        raise BadArgumentError(f"--seq-len {seq_len} is beyond the model's {limit} positions",
+                               f"pass --seq-len {limit} or less")

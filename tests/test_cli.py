@@ -40,7 +40,7 @@ def test_check_exit_codes_and_reports(tiny_onnx, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("args, cause", [
-    (["--latency-ms", "-3"], "not positive"),
+    (["--latency-ms", "-3"], "not a positive finite number"),
     ([], "no budget given"),
     (["--latency-ms", "5", "--percentile", "p42"], "unknown percentile"),
     (["--latency-ms", "5", "--profile", "pixel-99"], "unknown device profile"),
@@ -200,7 +200,7 @@ def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path,
     assert calibrated.calibration.latency_factor.value > 0 and calibrated.calibration.band.value >= 0.10
     assert calibrated.calibration.anchors[0].latency.value == 7.5 and source.read_text() == before
     same = runner.invoke(app, ["calibrate", str(source), "--measure", f"{tiny_onnx}=7.5", "--out", str(source)])
-    assert "is the input profile" in _one_clear_error(same) and source.read_text() == before
+    assert "would overwrite the input" in _one_clear_error(same) and source.read_text() == before
     bad = runner.invoke(app, ["calibrate", "rpi5", "--measure", f"{tiny_onnx}", "--out", str(tmp_path / "x.yaml")])
     assert "is not MODEL.onnx=LATENCY_MS" in _one_clear_error(bad)
 

@@ -97,7 +97,7 @@ class _Tracer(fx.Tracer):
     def call_module(self, m, forward, args, kwargs):  # fx's own signature
         try:
             return super().call_module(m, forward, args, kwargs)
-        except Exception:
+        except Exception:  # re-raised: only notes which of the user's modules failed to trace
             if self.failed_in is None:
                 self.failed_in = f"{self.path_of_module(m)} ({type(m).__name__})"
             raise
@@ -108,7 +108,7 @@ def trace(model: nn.Module, example: torch.Tensor) -> fx.GraphModule:
     tracer = _Tracer()
     try:
         graph = tracer.trace(model)
-    except Exception as exc:
+    except Exception as exc:  # tracing runs the user's own forward code: whatever it raises is about their model
         where = tracer.failed_in or f"the forward of {type(model).__name__}"
         raise UnsupportedModelError(
             f"torch.fx cannot trace {where}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",

@@ -26,6 +26,14 @@ from edgeprune.models.slicing import apply_plan
 WEIGHTS_FILE = "model.safetensors"
 SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 SENTENCE_TRANSFORMERS_DIRS = ("1_Pooling", "2_Normalize")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
+                   "tokenizer.model", "chat_template.jinja")
+MODEL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", PLAN_FILE, *TOKENIZER_FILES,
+               *SENTENCE_TRANSFORMERS_FILES)
+"""The files beside a model that edgeprune knows and carries to its outputs; nothing else in a folder is copied."""
+REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
+"""config.json keys that point transformers at code from a hub repository; a pruned model is plain code."""
 
 
 @dataclass
@@ -71,7 +79,7 @@ def load_model(path: Path | str | None = None) -> LoadedModel:
     auto_class, task = adapter.auto_class(config)
     try:
         model = auto_class.from_pretrained(path)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as exc:
         raise ModelLoadError(f"cannot load model weights from '{path}' ({_first_line(exc)})",
                              "check that the directory holds a complete Hugging Face checkpoint") from None
     return LoadedModel(model=model.eval(), processor=_load_processor(path, adapter), path=path, task=task,
@@ -104,21 +112,37 @@ def save_pruned(loaded: LoadedModel, out_dir: Path) -> Path:
         raise EdgepruneError("the model has no pruning plan", "prune it first with edgeprune.pruning")
     with staged_dir(Path(out_dir), inputs=[loaded.path]) as tmp:
         loaded.model.config.save_pretrained(tmp)
+        drop_remote_code(tmp / "config.json")
         loaded.plan.save(tmp / PLAN_FILE)
         safetensors.torch.save_model(loaded.model, str(tmp / WEIGHTS_FILE))
         loaded.processor.save_pretrained(tmp)
-        copy_sentence_transformers_files(loaded.path, tmp)
+        copy_model_files(loaded.path, tmp, SENTENCE_TRANSFORMERS_FILES)
     return Path(out_dir)
 
 
-def copy_sentence_transformers_files(src: Path, dst: Path) -> None:
-    """Carry the pooling/normalization description of a sentence-transformers model along."""
-    for name in SENTENCE_TRANSFORMERS_FILES:
-        if (src / name).is_file():
+def copy_model_files(src: Path, dst: Path, names: tuple[str, ...] = MODEL_FILES,
+                     folders: tuple[str, ...] = SENTENCE_TRANSFORMERS_DIRS) -> list[str]:
+    """Copy the known model files (``names``) and folders (sentence-transformers pooling) that exist in ``src``;
+    return what was copied. Anything else beside a model — notes, secrets, other projects — stays behind."""
+    copied = []
+    for name in names:
+        if (src / name).is_file() and not (dst / name).exists():
             shutil.copy2(src / name, dst / name)
-    for name in SENTENCE_TRANSFORMERS_DIRS:
+            copied.append(name)
+    for name in folders:
         if (src / name).is_dir():
             shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+            copied.append(f"{name}/")
+    return copied
+
+
+def drop_remote_code(config_path: Path) -> None:
+    """Remove the keys that would make transformers fetch and run a hub repository's code (see ``REMOTE_CODE_KEYS``)."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if any(key in config for key in REMOTE_CODE_KEYS):
+        for key in REMOTE_CODE_KEYS:
+            config.pop(key, None)
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _read_config(path: Path) -> dict:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgeprune import runtime
 from edgeprune.devices import DeviceProfile, available_profiles, load_profile
 from edgeprune.errors import ProfileError
 from edgeprune.files import size_mb
@@ -183,6 +184,7 @@ def profile(onnx_path: Path | str, device: DeviceProfile | str = "host", *, thre
         raise ProfileError(f"'{device.name}' is not this host, so it cannot be measured here",
                            "use edgeprune.profiling.estimate for a prediction with an error band")
     onnx_path = Path(onnx_path)
+    runtime.check_seq_len(onnx_path, seq_len)
     threads = threads or device.runtime.threads
     latency = measure_latency(onnx_path, threads, batch=batch, seq_len=seq_len, warmup=warmup, runs=runs)
     peak = measure_peak_memory(onnx_path, threads, batch, seq_len) if memory else None

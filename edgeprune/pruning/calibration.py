@@ -32,6 +32,9 @@ def read_texts(path: Path) -> list[str]:
     except OSError as exc:
         raise EdgepruneError(f"cannot read calibration text '{path}' ({exc.strerror})",
                              "pass a UTF-8 text file with one text per line") from None
+    except UnicodeDecodeError:
+        raise EdgepruneError(f"calibration file '{path}' is not UTF-8 text",
+                             "pass a UTF-8 text file with one text per line") from None
     if not texts:
         raise EdgepruneError(f"calibration file '{path}' has no text", "put one text per line")
     return texts

@@ -26,9 +26,10 @@ from edgeprune import runtime
 from edgeprune.data import calibration_sentences, sample_sentences
 from edgeprune.data.text import tokenize
 from edgeprune.devices import DeviceProfile, load_profile
-from edgeprune.errors import BadArgumentError
-from edgeprune.files import size_mb, staged_dir
+from edgeprune.errors import BadArgumentError, ModelLoadError
+from edgeprune.files import atomic_write_json, model_files, size_mb, staged_dir
 from edgeprune.int8 import Int8Scheme, dynamic_int8, int8_scheme
+from edgeprune.models.loading import TOKENIZER_FILES, copy_model_files
 from edgeprune.profiling.measure import compare_latency
 from edgeprune.quantization.fidelity import first_outputs, mean_cosine, node_damage
 from edgeprune.quantization.forms import (
@@ -40,6 +41,9 @@ from edgeprune.quantization.forms import (
     static_int8,
 )
 from edgeprune.quiet import quiet
+
+MANIFEST = "manifest.json"
+"""Written beside the quantized model: its source, the chosen form, and every file copied from the source folder."""
 
 FORMS = ("int8", "int8-fused", "int8-static", "int8-static-qop")
 """The int8 candidates: dynamic, dynamic after transformer fusion, static QDQ, static QOperator."""
@@ -152,13 +156,16 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     runtime.session(onnx_path)  # fail early, with a clear error, on a missing or corrupt model
     scheme = int8_scheme(device)
     out_dir = Path(out_dir)
-    with staged_dir(out_dir, inputs=[onnx_path.parent]) as tmp:
+    with staged_dir(out_dir, inputs=model_files(onnx_path)) as tmp:
         work = tmp / "candidates"
         work.mkdir()
         text = _text_feeds(onnx_path)
         calibration = calibration if calibration is not None else text["calibration"]
-        checks = (check or text["check"] or calibration[:4]
-                  or [runtime.synthetic_feed(runtime.session(onnx_path), 2, 32)])
+        checks = check or text["check"] or calibration[:4]
+        synthetic_checks = not checks
+        if synthetic_checks:
+            sess = runtime.session(onnx_path)
+            checks = [runtime.synthetic_feed(sess, runtime.fixed_batch(sess) or 2, 32)]
         reference = first_outputs(onnx_path, checks)  # fp32 runs once, every candidate is compared to it
 
         def fidelity_of(path: Path) -> float:
@@ -186,9 +193,14 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
             p50 = timed()
             found.notes.append(f"fallback by op type: {winner} retried with each of {', '.join(ops)} in fp32")
         choice = choose_form(p50, found.fidelity, min_fidelity)
+        if synthetic_checks:
+            found.notes.append("fidelity was checked on synthetic inputs (random values, no tokenizer or calibration "
+                               "data beside the model): pass real calibration/check feeds for a meaningful check")
         shutil.copy2(found.paths[choice.chosen], tmp / "model.onnx")
+        copied = [*copy_model_files(onnx_path.parent, tmp), *_copy_external_data(found.paths[choice.chosen], tmp)]
         shutil.rmtree(work)
-        _copy_sidecars(onnx_path.parent, tmp)
+        atomic_write_json(tmp / MANIFEST, {"model": "model.onnx", "source": str(onnx_path), "form": choice.chosen,
+                                           "copied_from_source": copied})
     form = choice.chosen if choice.chosen in ("fp32", *FORMS) else winner  # else a variant of the winner
     return QuantizeResult(onnx_path=out_dir / "model.onnx", chosen=choice.chosen, form=form, scheme=scheme,
                           size_before_mb=size_mb(onnx_path), size_after_mb=size_mb(out_dir / "model.onnx"),
@@ -286,14 +298,18 @@ def _exclude_damaging_nodes(fp32: Path, static: Path, value: float, min_fidelity
 
 def _text_feeds(onnx_path: Path) -> dict[str, list[Feed]]:
     """Calibration feeds (built-in calibration sentences) and check feeds (the parity sentences, disjoint from
-    them), tokenized by the tokenizer saved beside the model; empty when there is none."""
-    try:
-        from transformers import AutoTokenizer
+    them), tokenized by the tokenizer saved beside the model; empty when there is none (an image model)."""
+    if not any((onnx_path.parent / name).is_file() for name in TOKENIZER_FILES):
+        return {"calibration": [], "check": []}
+    from transformers import AutoTokenizer
 
+    try:
         with quiet():
             tokenizer = AutoTokenizer.from_pretrained(onnx_path.parent)
-    except Exception:  # no tokenizer files (an image model): the caller supplies feeds
-        return {"calibration": [], "check": []}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"the tokenizer beside '{onnx_path}' cannot be loaded ({str(exc)[:200]})",
+                             "re-export the model with edgeprune export, or remove the broken tokenizer files") \
+            from None
     sess = runtime.session(onnx_path)
 
     def feeds(texts: list[str]) -> list[Feed]:
@@ -302,15 +318,16 @@ def _text_feeds(onnx_path: Path) -> dict[str, list[Feed]]:
     return {"calibration": feeds(calibration_sentences()), "check": feeds(sample_sentences()[:16])}
 
 
-def _copy_sidecars(src_dir: Path, dst_dir: Path) -> None:
-    """Config, tokenizer and pooling files travel with the model so it stays loadable by optimum."""
-    for item in src_dir.iterdir():
-        if item.suffix in (".onnx", ".data") or item.name.startswith("."):
-            continue
-        if item.is_dir():
-            shutil.copytree(item, dst_dir / item.name)
-        else:
-            shutil.copy2(item, dst_dir / item.name)
+def _copy_external_data(model_path: Path, dst_dir: Path) -> list[str]:
+    """Copy the external-data files ``model_path``'s graph references (an fp32 model kept as it was may have them)."""
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    names = {entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+             for entry in tensor.external_data if entry.key == "location"}
+    for name in sorted(names):
+        shutil.copy2(model_path.parent / name, dst_dir / name)
+    return sorted(names)
 
 
 __all__ = ["FORMS", "MIN_FIDELITY", "STATIC_METHODS", "Candidates", "Feed", "FormChoice", "Int8Scheme",
