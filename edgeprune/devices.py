@@ -219,7 +219,11 @@ def parse_profile(path: Path) -> DeviceProfile:
             raise ProfileError(f"profile '{path}' is {size / 1024:.0f} KB, over the {MAX_PROFILE_BYTES // 1024} KB "
                                "a device profile can need", "pass a device profile (see edgeprune profiles show rpi5)")
         text = Path(path).read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            raise ProfileError(f"profile '{path}' uses YAML aliases (*name)",
+                               "write every figure out in full; aliases can expand a small file into gigabytes")
+        data = yaml.load(text, Loader=loader)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ProfileError(f"cannot read profile '{path}' ({reason})", "check the path") from None

@@ -4,7 +4,6 @@ import torch
 
 from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
-from edgeprune.models.plan import DenseShape, LayerPlan, PruningPlan
 from edgeprune.options import PruneOptions
 from edgeprune.pruning import kept_macs_fraction, make_plan, prune
 from edgeprune.pruning.importance import magnitude
@@ -16,53 +15,6 @@ TEXTS = ["A man is playing a guitar.", "The cat sleeps.", "Stocks fell sharply a
 
 def _inputs(tokenizer) -> dict[str, torch.Tensor]:
     return dict(tokenizer(TEXTS, padding=True, return_tensors="pt"))
-
-
-def _uneven_plan(shape: DenseShape) -> PruningPlan:
-    """Different head and neuron counts per layer, including a single-head layer."""
-    layers = (
-        LayerPlan(heads=(0, 2, 5), neurons=tuple(range(0, shape.ffn_dim, 2))),
-        LayerPlan(heads=(4,), neurons=(1, 7, 50, 95)),
-        LayerPlan(heads=tuple(range(shape.num_heads)), neurons=tuple(range(10, 70))),
-    )
-    return PruningPlan(layers=layers, dense=shape)
-
-
-def _masked_forward(model: torch.nn.Module, plan: PruningPlan, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The dense model with removed heads/neurons zeroed at the input of their output projections."""
-    hooks = []
-    for layer, kept in zip(adapter_for(model).layers(model), plan.layers):
-        head_mask = torch.zeros(layer.num_heads, layer.head_dim)
-        head_mask[list(kept.heads)] = 1
-        neuron_mask = torch.zeros(layer.ffn_dim)
-        neuron_mask[list(kept.neurons)] = 1
-        for linear, mask in ((layer.attn_out, head_mask.flatten()), (layer.ffn_out, neuron_mask)):
-            hooks.append(linear.register_forward_pre_hook(lambda _m, args, mask=mask: (args[0] * mask,)))
-    try:
-        with torch.no_grad():
-            return model(**inputs)[0]
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-
-def test_pruned_model_equals_masked_dense(tiny_bert_dir, tiny_classifier_dir) -> None:
-    from edgeprune.models.slicing import apply_plan, dense_shape
-
-    for path in (tiny_bert_dir, tiny_classifier_dir):
-        loaded = load_model(path)
-        adapter = adapter_for(loaded.model)
-        plan = _uneven_plan(dense_shape(loaded.model, adapter))
-        inputs = _inputs(loaded.processor)
-        expected = _masked_forward(loaded.model, plan, inputs)
-        pruned = apply_plan(load_model(path).model, adapter, plan)
-        layers = adapter.layers(pruned)
-        assert [layer.num_heads for layer in layers] == [3, 1, 6]
-        assert [layer.attn_in[0].linear.weight.shape[0] for layer in layers] == [3 * 8, 8, 6 * 8]
-        assert [layer.ffn_in[0].linear.weight.shape[0] for layer in layers] == [48, 4, 60]
-        with torch.no_grad():
-            actual = pruned(**inputs)[0]
-        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_prune_returns_new_model_and_keeps_input(tiny_bert_dir) -> None:

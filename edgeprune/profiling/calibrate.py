@@ -29,7 +29,7 @@ def read_latency(value: str) -> float:
         latency = float(value)
     except ValueError:
         path = Path(value)
-        if not path.is_file():
+        if not _is_file(path):
             raise ProfileError(f"'{value}' is neither a latency in ms nor a file",
                                "pass MODEL.onnx=12.5 or MODEL.onnx=perf_test_output.txt") from None
         found = PERF_TEST_AVERAGE.search(path.read_text(encoding="utf-8", errors="replace"))
@@ -37,9 +37,16 @@ def read_latency(value: str) -> float:
             raise ProfileError(f"no 'Average inference time cost' line in '{path}'",
                                "pass the output of onnxruntime_perf_test run on the device") from None
         latency = float(found.group(1))
-    if not latency > 0:
-        raise ProfileError(f"latency {latency} ms is not positive", "pass the measured latency in ms")
+    if not (math.isfinite(latency) and latency > 0):
+        raise ProfileError(f"latency {latency} ms is not a positive finite number", "pass the measured latency in ms")
     return latency
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (ValueError, OSError):  # a NUL byte or an over-long name: not a path to any file
+        return False
 
 
 Predictor = Callable[[Path, DeviceProfile, int], float]

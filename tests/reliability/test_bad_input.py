@@ -92,6 +92,11 @@ def _profile(t: Path, mutate: Callable[[dict], None] | None = None, text: str | 
     return path
 
 
+_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+"""Billion laughs: nine levels of nine aliases each, 9^9 strings once expanded."""
+
+
 def _clock(value: object) -> Callable[[dict], None]:
     return lambda d: d["cpu"]["clusters"][0]["max_clock"].update(value=value)
 
@@ -161,6 +166,7 @@ CASES: list[tuple[str, Callable[[Path, Path, Path], list[str]], str]] = [
      "not valid YAML"),
     ("profile not a mapping", lambda t, d, m: ["profiles", "validate", str(_profile(t, text="- a\n- b\n"))],
      "mapping"),
+    ("profile alias bomb", lambda t, d, m: ["profiles", "validate", str(_profile(t, text=_BOMB))], "aliases"),
     ("profile binary", lambda t, d, m: ["profiles", "validate", str(_text(t, os.urandom(500), "p.yaml"))], "profile"),
     ("profile used by check", lambda t, d, m: ["check", str(m), "--profile", str(_profile(t, _clock(0))),
                                                "--latency-ms", "5"], "max_clock"),

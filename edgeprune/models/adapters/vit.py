@@ -1,4 +1,5 @@
-"""ViT: pre-norm encoder over image patches (``ViTModel``, ``ViTForImageClassification``).
+"""ViT: pre-norm encoder over image patches (``ViTModel``, ``ViTForImageClassification``), in BERT's module
+layout with the norms moved before each branch.
 
 Every patch and the class token count as tokens; the class token's state is the pooled output.
 """
@@ -9,11 +10,12 @@ from typing import Any
 
 from torch import nn
 
-from edgeprune.models.base import IMAGE, PRE_NORM, ModelAdapter, RowBlock, TransformerLayer, register
+from edgeprune.models.adapters.bert import BertAdapter, bert_layer
+from edgeprune.models.base import IMAGE, PRE_NORM, TransformerLayer, register
 
 
 @register
-class ViTAdapter(ModelAdapter):
+class ViTAdapter(BertAdapter):
     family = "vit"
     model_types = ("vit",)
     modality = IMAGE
@@ -21,22 +23,9 @@ class ViTAdapter(ModelAdapter):
     pooling = "cls"
 
     def layers(self, model: nn.Module) -> list[TransformerLayer]:
-        result = []
-        for layer in model.base_model.encoder.layer:
-            attention = layer.attention.attention
-            head_dim = attention.attention_head_size
-            result.append(TransformerLayer(
-                block=layer, attention=attention,
-                attn_in=tuple(RowBlock(linear, head_dim) for linear in (attention.query, attention.key,
-                                                                         attention.value)),
-                attn_out=layer.attention.output.dense,
-                ffn_in=(RowBlock(layer.intermediate.dense, 1),), ffn_out=layer.output.dense,
-                attn_sum=layer.layernorm_after, ffn_sum=None, head_dim=head_dim))
-        return result
-
-    def set_num_heads(self, layer: TransformerLayer, num_units: int) -> None:
-        layer.attention.num_attention_heads = num_units
-        layer.attention.all_head_size = num_units * layer.head_dim
+        # the attention residual is read by the pre-FFN norm; the FFN residual is the layer's output
+        return [bert_layer(layer, layer.attention.attention, layer.layernorm_after, None)
+                for layer in model.base_model.encoder.layer]
 
     def auto_class(self, config: dict[str, Any]) -> tuple[type, str]:
         from transformers import AutoModel, AutoModelForImageClassification
