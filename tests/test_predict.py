@@ -132,7 +132,7 @@ def test_perf_test_output_and_bad_latencies(tmp_path) -> None:
     output = tmp_path / "perf.txt"
     output.write_text("Session creation time cost: 0.2 s\nAverage inference time cost: 23.417 ms\n")
     assert read_latency(str(output)) == 23.417 and read_latency("12.5") == 12.5
-    for bad, cause in (("-3", "not positive"), (str(tmp_path / "missing.txt"), "neither a latency")):
+    for bad, cause in (("-3", "not a positive finite number"), (str(tmp_path / "missing.txt"), "neither a latency")):
         with pytest.raises(ProfileError, match=cause):
             read_latency(bad)
 
