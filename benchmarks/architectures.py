@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from edgeprune import evaluate
-from edgeprune.data.inputs import model_inputs
+from edgeprune.data.inputs import input_batches
 from edgeprune.exporting import export
 from edgeprune.models.loading import default_model_path, load_model
 from edgeprune.options import PruneOptions
@@ -83,9 +83,8 @@ def measure(name: str, path: Path, work: Path, runs: int) -> dict[str, object]:
     prune_s = time.perf_counter() - started
     dense_onnx = export(dense, work / "dense", inputs=parity)
     pruned_onnx = export(pruned, work / "pruned", inputs=parity)
-    feeds = {} if dense.modality == "text" else {
-        "calibration": [model_inputs(dense.processor, fit[i:i + 8]) for i in range(0, 32, 8)],
-        "check": [model_inputs(dense.processor, held[i:i + 8]) for i in range(0, 16, 8)]}
+    feeds = {} if dense.modality == "text" else {"calibration": input_batches(dense.processor, fit[:32], 8),
+                                                 "check": input_batches(dense.processor, held[:16], 8)}
     dense_q = quantize(dense_onnx.onnx_path, work / "dense-int8", forms=FORMS, **feeds)
     pruned_q = quantize(pruned_onnx.onnx_path, work / "pruned-int8", forms=FORMS, **feeds)
     stats = compare_latency([dense_onnx.onnx_path, dense_q.onnx_path, pruned_q.onnx_path], threads=1, rounds=5,

@@ -460,14 +460,13 @@ def calibrate_command(
 
     device = load_profile(profile)
     source = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else profile_dir() / f"{profile}.yaml"
-    measurements = {}
+    measurements, inputs = {}, [source]
     for item in measure:
         model, sep, value = item.partition("=")
         if not sep:
             raise BadArgumentError(f"--measure '{item}' is not MODEL.onnx=LATENCY_MS", "write it as model.onnx=12.5")
         measurements[Path(model)] = read_latency(value)
-    perf_outputs = [Path(item.partition("=")[2]) for item in measure if Path(item.partition("=")[2]).is_file()]
-    inputs = [source, *perf_outputs, *(f for model in measurements for f in model_files(model))]
+        inputs += [*model_files(Path(model)), *([Path(value)] if Path(value).is_file() else [])]  # perf-test output
     _guard_files([out_file], inputs)
     with _progress() as stage, stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
         calibrated = calibrate(device, measurements, threads=threads)

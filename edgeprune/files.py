@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import hashlib
 import json
 import os
@@ -20,9 +19,8 @@ MARKER = ".edgeprune"
 """Empty file placed in every directory edgeprune writes, so a re-run may replace it."""
 
 
-@functools.cache
 def _umask() -> int:
-    """The process umask (read once: setting it is the only way to read it)."""
+    """The process umask now (setting it is the only way to read it; it is put back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -32,6 +30,10 @@ def _as_user_would_create(path: Path, directory: bool) -> None:
     """Give a file or folder made by ``tempfile`` (0600 / 0700) the mode ``open``/``mkdir`` would: 0666/0777
     less the umask, so outputs are as readable as the user's other files."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"cannot write '{path}' ({exc.strerror})", "choose an output location you can write to")
 
 
 def guard_file(path: Path, inputs: Sequence[Path] = ()) -> None:
@@ -55,8 +57,7 @@ def atomic_write_text(path: Path, text: str, inputs: Sequence[Path] = ()) -> Non
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except (PermissionError, FileExistsError, NotADirectoryError) as exc:
-        raise OutputError(f"cannot write '{path}' ({exc.strerror})",
-                          "choose an output location you can write to") from None
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -106,8 +107,7 @@ def staged_dir(out: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except (PermissionError, NotADirectoryError, FileExistsError) as exc:
-        raise OutputError(f"cannot write '{out}' ({exc.strerror})", "choose an output location you can write to") \
-            from None
+        raise _cannot_write(out, exc) from None
     path = lock_path(out)
     path.parent.mkdir(exist_ok=True)
     with open(path, "a") as lock:
@@ -121,8 +121,7 @@ def staged_dir(out: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
         try:
             scratch = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial"))
         except PermissionError as exc:
-            raise OutputError(f"cannot write '{out}' ({exc.strerror})",
-                              "choose an output location you can write to") from None
+            raise _cannot_write(out, exc) from None
         _as_user_would_create(scratch, directory=True)
         try:
             yield scratch

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgeprune import evaluate, runtime
 from edgeprune.budgets import Budget, Verdict, passed, verdicts
-from edgeprune.data.inputs import model_inputs
+from edgeprune.data.inputs import input_batches
 from edgeprune.errors import BadArgumentError
 from edgeprune.exporting import ExportResult, export
 from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
@@ -267,8 +267,7 @@ def _feeds(dense: LoadedModel, items: tuple[list[object], list[object]]) -> dict
     if dense.modality == TEXT:
         return {}
     fit, held = items
-    return {"calibration": [model_inputs(dense.processor, fit[i:i + 8]) for i in range(0, len(fit), 8)],
-            "check": [model_inputs(dense.processor, held[i:i + 8]) for i in range(0, len(held), 8)]}
+    return {"calibration": input_batches(dense.processor, fit, 8), "check": input_batches(dense.processor, held, 8)}
 
 
 def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:

@@ -32,3 +32,8 @@ def model_inputs(processor: object, items: Sequence[object]) -> dict[str, np.nda
     given, wanted = ("text", "images") if texts else ("images", "text")
     raise BadArgumentError(f"{given} given to a model that reads {wanted}",
                            f"pass {wanted}: {'a folder of images' if pixels else 'a text file, one text per line'}")
+
+
+def input_batches(processor: object, items: Sequence[object], size: int) -> list[dict[str, np.ndarray]]:
+    """``model_inputs`` of ``items`` in batches of ``size``, in order (EMA accumulation depends on it)."""
+    return [model_inputs(processor, items[i:i + size]) for i in range(0, len(items), size)]

@@ -13,7 +13,7 @@ import torch
 
 from edgeprune.data import calibration_sentences, sample_sentences
 from edgeprune.data.images import read_images
-from edgeprune.data.inputs import model_inputs
+from edgeprune.data.inputs import input_batches
 from edgeprune.data.text import as_torch
 from edgeprune.errors import BadArgumentError, EdgepruneError
 from edgeprune.models.base import IMAGE
@@ -43,7 +43,7 @@ def read_texts(path: Path) -> list[str]:
 def calibration_batches(processor: object, items: list[object],
                         batch_size: int = BATCH_SIZE) -> list[dict[str, torch.Tensor]]:
     """Padded batches of model inputs, in the order of ``items`` (EMA accumulation depends on it)."""
-    return [as_torch(model_inputs(processor, items[i:i + batch_size])) for i in range(0, len(items), batch_size)]
+    return [as_torch(arrays) for arrays in input_batches(processor, items, batch_size)]
 
 
 def calibration_items(dense: LoadedModel, calibration: Path | str | None) -> tuple[list[object], list[object]]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeprune import runtime
 from edgeprune.data import calibration_sentences, sample_sentences
-from edgeprune.data.text import tokenize
+from edgeprune.data.inputs import input_batches
 from edgeprune.devices import DeviceProfile, load_profile
 from edgeprune.errors import BadArgumentError, ModelLoadError
 from edgeprune.files import atomic_write_json, model_files, size_mb, staged_dir
@@ -153,18 +153,17 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         raise BadArgumentError(f"unknown int8 form(s) {unknown}", f"use some of: {', '.join(FORMS)}")
     onnx_path = Path(onnx_path)
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
-    runtime.session(onnx_path)  # fail early, with a clear error, on a missing or corrupt model
+    sess = runtime.session(onnx_path)  # fails early, with a clear error, on a missing or corrupt model
     scheme = int8_scheme(device)
     out_dir = Path(out_dir)
     with staged_dir(out_dir, inputs=model_files(onnx_path)) as tmp:
         work = tmp / "candidates"
         work.mkdir()
-        text = _text_feeds(onnx_path)
+        text = _text_feeds(onnx_path, sess)
         calibration = calibration if calibration is not None else text["calibration"]
         checks = check or text["check"] or calibration[:4]
         synthetic_checks = not checks
         if synthetic_checks:
-            sess = runtime.session(onnx_path)
             checks = [runtime.synthetic_feed(sess, runtime.fixed_batch(sess) or 2, 32)]
         reference = first_outputs(onnx_path, checks)  # fp32 runs once, every candidate is compared to it
 
@@ -296,7 +295,7 @@ def _exclude_damaging_nodes(fp32: Path, static: Path, value: float, min_fidelity
     return path, cosine, exclude
 
 
-def _text_feeds(onnx_path: Path) -> dict[str, list[Feed]]:
+def _text_feeds(onnx_path: Path, sess: runtime.ort.InferenceSession) -> dict[str, list[Feed]]:
     """Calibration feeds (built-in calibration sentences) and check feeds (the parity sentences, disjoint from
     them), tokenized by the tokenizer saved beside the model; empty when there is none (an image model)."""
     if not any((onnx_path.parent / name).is_file() for name in TOKENIZER_FILES):
@@ -310,10 +309,9 @@ def _text_feeds(onnx_path: Path) -> dict[str, list[Feed]]:
         raise ModelLoadError(f"the tokenizer beside '{onnx_path}' cannot be loaded ({str(exc)[:200]})",
                              "re-export the model with edgeprune export, or remove the broken tokenizer files") \
             from None
-    sess = runtime.session(onnx_path)
 
     def feeds(texts: list[str]) -> list[Feed]:
-        return [runtime.feed(sess, tokenize(tokenizer, texts[i:i + 8])) for i in range(0, len(texts), 8)]
+        return [runtime.feed(sess, arrays) for arrays in input_batches(tokenizer, texts, 8)]
 
     return {"calibration": feeds(calibration_sentences()), "check": feeds(sample_sentences()[:16])}
 
