@@ -138,3 +138,15 @@ def test_an_impossible_budget_builds_the_fastest_once_and_stops_on_a_repeat() ->
     assert notes[0] == ("the latency table predicts no allocation meets 0.5 ms (smallest: 1.000 ms); "
                         "building the fastest")
     assert notes[-1].endswith("repeats an earlier candidate; stopping")
+
+
+def test_an_impossible_budget_builds_only_the_smaller_of_two_equally_fast_allocations() -> None:
+    """A flat table stretch makes its units free, so the latency allocation may keep more units than the uniform
+    minimum at the same predicted latency: only the smaller model is built, not both."""
+    flat = LatencyTable(num_layers=1, heads_ms=((4, 5.0), (1, 5.0)), neurons_ms=((8, 5.0), (1, 5.0)))
+    bound = Bounds(0.5)
+    build = _Builds(bound, speed=10.0)
+    big, small = (LayerPlan((0, 1), tuple(range(8))),), (LayerPlan((0,), (0,)),)
+    notes = refine(build, lambda kind, _target: big if kind == "latency" else small, BASE, flat, bound)
+    assert [kind for kind, _ in build.made] == ["uniform"]
+    assert notes[0].endswith("building the fastest") and notes[-1].endswith("repeats an earlier candidate; stopping")

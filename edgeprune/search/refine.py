@@ -47,9 +47,12 @@ def refine(build: Build, allocate: Allocate, base: PruningPlan, table: LatencyTa
             notes.append(f"the allocation for {target:.3f} ms repeats an earlier candidate; stopping")
             break
         tried.extend(p.layers for p in plans.values())
-        if min(table.predict(p.layers) for p in plans.values()) > bounds.budget_ms:
+        predicted = {kind: table.predict(p.layers) for kind, p in plans.items()}
+        if min(predicted.values()) > bounds.budget_ms:
             notes.append(f"the latency table predicts no allocation meets {bounds.budget_ms:g} ms "
                          f"(smallest: {table.fixed_ms:.3f} ms); building the fastest")
+            fastest = min(plans, key=lambda kind: (predicted[kind], _units(plans[kind].layers)))
+            plans = {fastest: plans[fastest]}  # on a tie (flat table stretches), the smaller model
         round_ = {kind: build(plan, target) for kind, plan in list(plans.items())[:REFINEMENTS - builds]}
         builds += len(round_)
         if preferred is None:
@@ -75,6 +78,10 @@ def _new_plans(kinds: tuple[str, ...], allocate: Allocate, base: PruningPlan, ta
             plans[kind] = dataclasses.replace(base, layers=layers, allocation=kind,
                                               target={"latency_ms": round(target, 4)})
     return plans
+
+
+def _units(layers: tuple[LayerPlan, ...]) -> int:
+    return sum(len(layer.heads) + len(layer.neurons) for layer in layers)
 
 
 def _retarget(c: Candidate, target: float, bounds: Bounds, notes: list[str]) -> float | None:
