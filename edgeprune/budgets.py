@@ -2,11 +2,16 @@
 
 On this host the figures are measured and a line is PASS or FAIL. On any other profile they
 are predicted with an error band: PASS when the whole band is within the budget, FAIL when
-all of it is over, UNCERTAIN when the band straddles the budget.
+all of it is over, UNCERTAIN when the band straddles the budget. A latency line whose figures
+cannot be trusted (an unstable measurement, a noisy or throttled host, a budget derived from
+such a measurement) is UNCERTAIN with the reason, never PASS: a gate that passes on noise is
+worse than none.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +52,8 @@ class Verdict:
     """Lower end of the band the value is expected in (the value itself when measured)."""
     high: float
     predicted: bool = False
+    reason: str = ""
+    """Why the line is UNCERTAIN."""
 
     @property
     def margin(self) -> float:
@@ -56,6 +63,8 @@ class Verdict:
     def to_dict(self) -> dict[str, Any]:
         """The band appears only on predicted lines: a measured one has none."""
         data = {**asdict(self), "value": round(self.value, 4), "margin": round(self.margin, 4)}
+        if not self.reason:
+            del data["reason"]
         if self.predicted:
             data.update(low=round(self.low, 4), high=round(self.high, 4))
         else:
@@ -71,15 +80,25 @@ def judge(budget: float, low: float, high: float) -> str:
     return FAIL if low > budget else UNCERTAIN
 
 
-def verdicts(result: ProfileResult, budget: Budget) -> list[Verdict]:
-    """One line per budget, judged on the result's band: measured values on this host, predicted ones elsewhere."""
-    figures = []
+def verdicts(result: ProfileResult, budget: Budget, budget_doubts: Sequence[str] = ()) -> list[Verdict]:
+    """One line per budget, judged on the result's band: measured values on this host, predicted ones elsewhere.
+    ``budget_doubts``: why the latency budget itself is untrustworthy (derived from an unstable measurement)."""
+    lines = []
     if budget.latency_ms is not None:
-        figures.append((f"latency_{budget.percentile}", budget.latency_ms, "ms", result.latency(budget.percentile)))
+        value, low, high = result.latency(budget.percentile)
+        line = Verdict(f"latency_{budget.percentile}", budget.latency_ms, value, "ms",
+                       judge(budget.latency_ms, low, high), result.device, low, high, result.predicted)
+        doubts = [*result.timing_doubts, *budget_doubts]
+        if doubts:
+            line = dataclasses.replace(line, status=UNCERTAIN, reason="; ".join(doubts))
+        elif line.status == UNCERTAIN:
+            line = dataclasses.replace(line, reason="the predicted band straddles the budget")
+        lines.append(line)
     if budget.memory_mb is not None:
-        figures.append(("peak_memory", budget.memory_mb, "MiB", result.memory()))
-    return [Verdict(metric, limit, value, unit, judge(limit, low, high), result.device, low, high, result.predicted)
-            for metric, limit, unit, (value, low, high) in figures]
+        value, low, high = result.memory()
+        lines.append(Verdict("peak_memory", budget.memory_mb, value, "MiB", judge(budget.memory_mb, low, high),
+                             result.device, low, high, result.predicted))
+    return lines
 
 
 def check(onnx_path: Path | str, device: str, budget: Budget, *, threads: int | None = None, batch: int = 1,
@@ -102,6 +121,7 @@ def junit_xml(lines: list[Verdict], suite: str = "edgeprune.check") -> str:
         name = quoteattr(f"{line.profile}.{line.metric}")
         band = f" (predicted {line.low:.3f}-{line.high:.3f})" if line.predicted else ""
         text = f"{line.status}: {line.metric} = {line.value:.3f} {line.unit}{band}, budget {line.budget:g} {line.unit}"
+        text += f" ({line.reason})" if line.reason else ""
         body = "" if line.status == PASS else f"<failure message={quoteattr(text)}/>"
         cases.append(f'  <testcase classname="{suite}" name={name}>{body}</testcase>')
     header = f'<testsuite name="{suite}" tests="{len(lines)}" failures="{failures}">'

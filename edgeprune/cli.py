@@ -35,7 +35,9 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAIL, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 130
-EXIT_CODES = {0: "pass (every budget line within)", EXIT_FAIL: "over budget, or uncertain on a predicted profile",
+EXIT_CODES = {0: "pass (every budget line within)",
+              EXIT_FAIL: "over budget, or uncertain (a predicted band straddling it, or timing that cannot be "
+                         "trusted: an unstable measurement or a noisy host); doctor: the host is noisy",
               EXIT_BAD_INPUT: "bad input: one error line names the cause and the fix; nothing written",
               EXIT_INTERNAL: "internal error (a bug): the traceback file is named; nothing written",
               EXIT_INTERRUPTED: "interrupted by SIGINT or SIGTERM; unfinished outputs removed"}
@@ -224,7 +226,7 @@ def optimize(
         table.add_column("STS-B", justify="right")
     for row in result.rows:
         m = row.measurement
-        cells = [row.name, f"{m.latency('p50')[0]:.2f}", f"{m.latency('p90')[0]:.2f}", f"{row.speedup:.2f}x",
+        cells = [row.name, f"{m.latency('p50')[0]:.2f}", f"{m.latency('p90')[0]:.2f}", row.speedup_text(),
                  f"{m.size_mb:.1f}", f"{m.memory()[0]:.0f}", f"{row.fidelity:.4f}"]
         table.add_row(*cells, *([f"{row.stsb_spearman:.2f}"] if stsb else []))
     out.print(table)
@@ -346,6 +348,7 @@ def profile_command(
     out.print(table)
     if result.predicted:
         out.print("; ".join(result.basis), highlight=False, soft_wrap=True)
+    _print_doubts(result.timing_doubts)
     _write_json(json_out, result.to_dict(), model_files(model))
 
 
@@ -476,6 +479,47 @@ def calibrate_command(
               f"from {len(c.anchors)} anchor(s)", highlight=False)
 
 
+def _print_doubts(doubts: list[str]) -> None:
+    if doubts:
+        out.print("[yellow]timing cannot be trusted:[/] " + "; ".join(doubts) + " — see `edgeprune doctor`",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command("doctor")
+@handled
+def doctor(json_out: Annotated[Path | None, typer.Option("--json", help="Write the findings as JSON.")] = None
+           ) -> None:
+    """Is timing trustworthy on this host now? Exit 0 quiet, 1 noisy or throttled."""
+    import time
+
+    from edgeprune.profiling.characterize import cached_rates
+    from edgeprune.profiling.health import check_health
+    from edgeprune.provenance import host_fingerprint
+
+    _guard_files([json_out], [])
+    host, state = host_fingerprint(), check_health()
+    rates = {threads: time.time() - path.stat().st_mtime for threads, path in cached_rates().items()}
+    share = state.sharing
+    percent = {k: "unknown (no /proc/stat)" if v is None else f"{v:.0%}"
+               for k, v in (("steal", share.steal), ("others", share.others_busy))}
+    baseline = "none yet (this was the first look)" if state.baseline_ms is None else f"{state.baseline_ms:.1f} ms"
+    out.print(f"cpu: {host['cpu']} ({host['cores']} cores, {' '.join(host['isa'])})", highlight=False)
+    out.print(f"probe: {state.probe_ms:.1f} ms (this host's best: {baseline}); CPU stolen {percent['steal']}, "
+              f"other processes {percent['others']}; load {state.load_1min}; clock {state.clock_mhz} MHz",
+              highlight=False, soft_wrap=True)
+    ages = ", ".join(f"{t} thread(s) {age / 86400:.1f} days old" for t, age in rates.items()) or "none yet"
+    out.print(f"characterization cached for this CPU and onnxruntime: {ages}", highlight=False)
+    if state.trustworthy:
+        out.print(f"[green]{state.verdict}[/]: timing on this host is trustworthy now")
+    else:
+        out.print(f"[yellow]{state.verdict}[/]: " + "; ".join(state.reasons) + ". Budgets checked now come out "
+                  "UNCERTAIN: re-run when the host is quiet, pin --threads below the core count, or check against a "
+                  "predicted profile", highlight=False, soft_wrap=True)
+    _write_json(json_out, {"host": host, "health": state.to_dict(),
+                           "characterization_age_s": {str(t): round(age) for t, age in rates.items()}}, [])
+    raise typer.Exit(0 if state.trustworthy else EXIT_FAIL)
+
+
 def _print_verdicts(lines: list[Any]) -> None:
     table = Table(title="budget check")
     for column in ("profile", "metric", "value", "band", "budget", "margin", "verdict"):
@@ -486,4 +530,7 @@ def _print_verdicts(lines: list[Any]) -> None:
         table.add_row(v.profile, v.metric, f"{v.value:.2f} {v.unit}", band, f"{v.budget:.2f} {v.unit}",
                       f"{v.margin:+.0%}", f"[{colour}]{v.status}[/]")
     out.print(table)
+    for v in lines:
+        if v.reason:
+            out.print(f"{v.status} {v.metric}: {v.reason}", highlight=False, soft_wrap=True)
 

@@ -25,7 +25,8 @@ from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.base import TEXT
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.options import PruneOptions, check_measurement, check_percentile, check_positive, check_target
-from edgeprune.profiling import Measurement, compare_latency, estimate, load_profile
+from edgeprune.profiling import HostHealth, Measurement, check_health, compare_latency, estimate, load_profile
+from edgeprune.profiling.measure import speedup_interval
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.profiling.operators import profile_operators
 from edgeprune.provenance import host_fingerprint, versions
@@ -35,6 +36,7 @@ from edgeprune.pruning.loaded import prune_loaded
 from edgeprune.quantization import QuantizeResult, quantize
 from edgeprune.report import write_reports
 from edgeprune.report.build import report_from
+from edgeprune.report.schema import speedup_text
 from edgeprune.search import SearchResult, search
 
 DEFAULT_OUT = Path("edgeprune-out")
@@ -105,9 +107,18 @@ class ModelRow:
     stsb_spearman: float | None
     top1_agreement: float | None = None
     """Image classifiers: share of held-out images given the dense model's top class."""
+    speedup_interval: tuple[float, float] | None = None
+    """95% bootstrap interval of the speedup over the interleaved rounds."""
+    speedup_reliable: bool = True
+    """False when either measurement behind the speedup is unstable: then only the interval means anything."""
+
+    def speedup_text(self) -> str:
+        return speedup_text(self.speedup, self.speedup_interval, self.speedup_reliable)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "speedup": round(self.speedup, 3),
+        interval = None if self.speedup_interval is None else [round(v, 3) for v in self.speedup_interval]
+        return {"name": self.name, "speedup": round(self.speedup, 3), "speedup_interval": interval,
+                "speedup_reliable": self.speedup_reliable,
                 "cosine_fidelity": None if self.fidelity is None else round(self.fidelity, 5),
                 "stsb_spearman": None if self.stsb_spearman is None else round(self.stsb_spearman, 2),
                 "top1_agreement": None if self.top1_agreement is None else round(self.top1_agreement, 4),
@@ -181,25 +192,28 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
         models = {"dense fp32": dense_export.onnx_path, "pruned fp32": pruned_export.onnx_path,
                   f"pruned {quant.chosen}": quant.onnx_path}
         with stage(f"Profiling {len(models)} models side by side ({threads} thread(s))"):
-            measurements = _measure(models, tmp, device.name, threads, settings)
+            state = check_health()
+            measurements = _measure(models, tmp, device.name, threads, settings, state)
         with stage("Measuring quality"):
             rows = _rows(dense, models, measurements, settings, items[1])
         if device.is_host:  # judged on the side-by-side measurements just made
-            shipped, dense_ms = rows[-1].measurement, measurements["dense fp32"].latency(settings.percentile)[0]
+            shipped, baseline = rows[-1].measurement, measurements["dense fp32"]
         else:
             with stage(f"Predicting the shipped model on {device.name}"):
-                dense_ms = None if settings.latency_ms is not None else estimate(
-                    dense_export.onnx_path, device, seq_len=settings.seq_len, memory=False).latency(
-                    settings.percentile)[0]
+                baseline = None if settings.latency_ms is not None else estimate(
+                    dense_export.onnx_path, device, seq_len=settings.seq_len, memory=False)
                 shipped = estimate(quant.onnx_path, device, seq_len=settings.seq_len,
                                    memory=settings.memory_mb is not None)
                 figures["prediction"] = shipped.to_dict()
-        budget = _budget(settings, dense_ms)
-        lines = verdicts(shipped, budget)
+        budget = _budget(settings, None if baseline is None else baseline.latency(settings.percentile)[0])
+        derived = settings.latency_ms is None and settings.memory_mb is None
+        budget_doubts = [f"the budget is derived from the dense fp32 {settings.percentile}, which cannot be trusted"
+                         ] if derived and baseline is not None and baseline.timing_doubts else []
+        lines = verdicts(shipped, budget, budget_doubts)
         with stage("Profiling operators and writing the report"):
             figures["op_time_ms"] = _op_times(dense_export.onnx_path, quant.onnx_path, settings.seq_len)
             manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,
-                                 time.perf_counter() - started, items[1])
+                                 time.perf_counter() - started, items[1], state)
             atomic_write_json(tmp / "run.json", manifest)
             write_reports(tmp, report_from(manifest, plan))
     return RunResult(out_dir=out_dir, rows=rows, verdicts=lines, manifest=manifest)
@@ -227,7 +241,7 @@ def _op_times(before: Path, after: Path, seq_len: int) -> dict[str, dict[str, fl
 
 
 def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads: int,
-             settings: OptimizeSettings) -> dict[str, Measurement]:
+             settings: OptimizeSettings, state: HostHealth) -> dict[str, Measurement]:
     """Latency side by side (interleaved rounds), then peak memory of each in a fresh process."""
     rounds = 4
     stats = compare_latency(list(models.values()), threads, rounds=rounds, runs=max(1, settings.runs // rounds),
@@ -237,7 +251,7 @@ def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads:
         name: Measurement(model=str(path.relative_to(run_dir)), profile=profile_name, size_mb=size_mb(path),
                           threads=threads, batch=settings.batch, seq_len=settings.seq_len, latency_stats=latency,
                           memory_stats=measure_peak_memory(path, threads, settings.batch, settings.seq_len),
-                          host=host, versions=lib_versions)
+                          host=host, versions=lib_versions, health=state)
         for (name, path), latency in zip(models.items(), stats)
     }
 
@@ -248,7 +262,7 @@ def _rows(dense: LoadedModel, models: dict[str, Path], measurements: dict[str, M
     top-1 agreement for classifiers of images; STS-B Spearman with --stsb)."""
     reference_embeddings = evaluate.torch_encoder(dense)(held_out)
     classifier = dense.task == "image-classification"
-    base = measurements["dense fp32"].latency_stats.p50
+    base = measurements["dense fp32"]
     rows = []
     for name, path in models.items():
         encoder = evaluate.onnx_encoder(path, dense.processor, dense.pooling)
@@ -256,8 +270,10 @@ def _rows(dense: LoadedModel, models: dict[str, Path], measurements: dict[str, M
         fidelity = evaluate.cosine_fidelity(reference_embeddings, embeddings)
         agreement = evaluate.top1_agreement(reference_embeddings, embeddings) if classifier else None
         stsb = evaluate.stsb_spearman(encoder, Path(settings.stsb)) if settings.stsb else None
-        rows.append(ModelRow(name, measurements[name], base / measurements[name].latency_stats.p50, fidelity, stsb,
-                             agreement))
+        measured = measurements[name]
+        interval = None if measured is base else speedup_interval(base.latency_stats, measured.latency_stats)
+        rows.append(ModelRow(name, measured, base.latency_stats.p50 / measured.latency_stats.p50, fidelity, stsb,
+                             agreement, interval, not (base.latency_stats.doubts or measured.latency_stats.doubts)))
     return rows
 
 
@@ -280,7 +296,7 @@ def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:
 
 def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp: Path, figures: dict[str, Any],
               rows: list[ModelRow], budget: Budget, lines: list[Verdict], seconds: float,
-              held_out: list[object]) -> dict[str, Any]:
+              held_out: list[object], state: HostHealth) -> dict[str, Any]:
     weights = sorted(p for p in dense.path.iterdir() if p.suffix in (".safetensors", ".bin"))
     outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.onnx"))
     budget_source = ("user" if settings.latency_ms is not None or settings.memory_mb is not None
@@ -294,6 +310,7 @@ def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp
         "settings": asdict(settings),
         "versions": versions(),
         "host": host_fingerprint(),
+        "host_health": state.to_dict(),
         "stages": figures,
         "outputs": outputs,
         "models": [row.to_dict() for row in rows],

@@ -18,7 +18,8 @@ from edgeprune import runtime
 from edgeprune.devices import DeviceProfile, available_profiles, load_profile
 from edgeprune.errors import ProfileError
 from edgeprune.files import size_mb
-from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency
+from edgeprune.profiling.health import HostHealth, check_health
+from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency, speedup_interval
 from edgeprune.profiling.memory import MemoryStats, measure_peak_memory
 from edgeprune.profiling.operators import profile_operators
 from edgeprune.profiling.predict import Prediction, predict_latency
@@ -48,6 +49,10 @@ class ProfileResult(Protocol):
     @property
     def size_mb(self) -> float: ...
 
+    @property
+    def timing_doubts(self) -> list[str]:
+        """Why the latency figures cannot be trusted (an unstable measurement, a noisy host); empty when they can."""
+
     def latency(self, percentile: str) -> Figure:
         """(value, low, high) in ms at ``percentile`` (``p50``, ``p90``, ...)."""
 
@@ -62,7 +67,8 @@ class Measurement:
     """What one model did on this host: latency samples and percentiles, peak memory, size, setup.
 
     A measurement has no band: ``latency`` and ``memory`` return (value, value, value), so a budget
-    judged on the band is judged on the value itself — PASS or FAIL, never UNCERTAIN.
+    judged on the band is judged on the value itself — PASS or FAIL, unless ``timing_doubts`` says the
+    latency cannot be trusted (then UNCERTAIN).
     """
 
     model: str
@@ -75,10 +81,18 @@ class Measurement:
     memory_stats: MemoryStats | None
     host: dict[str, Any] = field(default_factory=host_fingerprint)
     versions: dict[str, str] = field(default_factory=versions)
+    health: HostHealth | None = None
+    """The host's state just before measuring."""
 
     @property
     def device(self) -> str:
         return self.profile
+
+    @property
+    def timing_doubts(self) -> list[str]:
+        """The latency figures' own instability, and the host's state when it was not quiet."""
+        host = [f"before timing, host {self.health.verdict}: {r}" for r in self.health.reasons] if self.health else []
+        return [*self.latency_stats.doubts, *host]
 
     @property
     def predicted(self) -> bool:
@@ -106,7 +120,8 @@ class Measurement:
             "threads": self.threads, "batch": self.batch, "seq_len": self.seq_len,
             "latency_ms": self.latency_stats.to_dict(),
             "memory_mb": self.memory_stats.to_dict() if self.memory_stats else None,
-            "host": self.host, "versions": self.versions,
+            "host": self.host, "host_health": self.health.to_dict() if self.health else None,
+            "versions": self.versions,
         }
 
 
@@ -138,6 +153,11 @@ class Estimate:
     def size_mb(self) -> float:
         """The model file is the same on every device."""
         return self.host.size_mb
+
+    @property
+    def timing_doubts(self) -> list[str]:
+        """A prediction scaled from an untrustworthy host measurement is no better than it."""
+        return self.host.timing_doubts
 
     def latency(self, percentile: str) -> Figure:
         """(value, low, high) in ms at ``percentile``: the prediction times this host's percentile/median ratio."""
@@ -186,10 +206,11 @@ def profile(onnx_path: Path | str, device: DeviceProfile | str = "host", *, thre
     onnx_path = Path(onnx_path)
     runtime.check_seq_len(onnx_path, seq_len)
     threads = threads or device.runtime.threads
+    state = check_health()
     latency = measure_latency(onnx_path, threads, batch=batch, seq_len=seq_len, warmup=warmup, runs=runs)
     peak = measure_peak_memory(onnx_path, threads, batch, seq_len) if memory else None
     return Measurement(model=str(onnx_path), profile=device.name, size_mb=size_mb(onnx_path), threads=threads,
-                       batch=batch, seq_len=seq_len, latency_stats=latency, memory_stats=peak)
+                       batch=batch, seq_len=seq_len, latency_stats=latency, memory_stats=peak, health=state)
 
 
 def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
@@ -201,6 +222,6 @@ def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "hos
     return run(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory)
 
 
-__all__ = ["DeviceProfile", "Estimate", "Figure", "LatencyStats", "Measurement", "MemoryStats", "Prediction",
-           "ProfileResult", "available_profiles", "compare_latency", "estimate", "load_profile", "measure_latency",
-           "measure_or_predict", "profile"]
+__all__ = ["DeviceProfile", "Estimate", "Figure", "HostHealth", "LatencyStats", "Measurement", "MemoryStats",
+           "Prediction", "ProfileResult", "available_profiles", "check_health", "compare_latency", "estimate",
+           "load_profile", "measure_latency", "measure_or_predict", "profile", "speedup_interval"]

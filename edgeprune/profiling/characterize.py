@@ -9,10 +9,8 @@ clocks and a profile's figures must be comparable with what the host measured.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune import runtime
 from edgeprune.files import atomic_write_json
+from edgeprune.profiling import health
 
 GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768))
 """(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, plus a tiny one."""
@@ -237,10 +235,12 @@ def _softmax_graph(path: Path, elements: int, row: int = 128) -> Path:
     return path
 
 
-def _cache_path(threads: int, cache_dir: Path | None) -> Path:
-    from edgeprune.provenance import host_fingerprint
+def cached_rates(cache_dir: Path | None = None) -> dict[int, Path]:
+    """This host's cached characterizations (for this onnxruntime), by thread count."""
+    prefix = _cache_path(0, cache_dir).name.removesuffix("0t.json")
+    return {int(p.name[len(prefix):-len("t.json")]): p
+            for p in sorted((cache_dir or health.cache_dir()).glob(f"{prefix}*t.json"))}
 
-    base = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edgeprune"
-    fingerprint = json.dumps({**host_fingerprint(), "onnxruntime": ort.__version__}, sort_keys=True)
-    digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    return Path(base) / f"host-rates-v6-{digest}-{threads}t.json"
+
+def _cache_path(threads: int, cache_dir: Path | None) -> Path:
+    return (cache_dir or health.cache_dir()) / f"host-rates-v6-{health.host_digest()}-{threads}t.json"

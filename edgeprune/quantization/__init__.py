@@ -30,7 +30,7 @@ from edgeprune.errors import BadArgumentError, ModelLoadError
 from edgeprune.files import atomic_write_json, model_files, size_mb, staged_dir
 from edgeprune.int8 import Int8Scheme, dynamic_int8, int8_scheme
 from edgeprune.models.loading import TOKENIZER_FILES, copy_model_files
-from edgeprune.profiling.measure import compare_latency
+from edgeprune.profiling.measure import LatencyStats, compare_latency, speedup_interval
 from edgeprune.quantization.fidelity import first_outputs, mean_cosine, node_damage
 from edgeprune.quantization.forms import (
     STATIC_METHODS,
@@ -175,23 +175,25 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         found = build_candidates(onnx_path, work, forms, scheme, calibration, static, fidelity_of, min_fidelity,
                                  checks)
 
-        def timed() -> dict[str, float]:
-            """One side-by-side round of every candidate that keeps quality decides."""
+        def timed() -> dict[str, LatencyStats]:
+            """One side-by-side comparison of every candidate that keeps quality decides."""
             names = keeping_quality(found.fidelity, min_fidelity)
             stats = compare_latency([found.paths[name] for name in names], threads=1, rounds=rounds, runs=runs,
                                     seq_len=seq_len)
-            return {name: s.p50 for name, s in zip(names, stats)}
+            return dict(zip(names, stats))
 
-        p50 = timed()
-        winner = choose_form(p50, found.fidelity, min_fidelity).chosen
+        stats = timed()
+        winner = choose_form(_p50(stats), found.fidelity, min_fidelity).chosen
         ops = compute_op_types(onnx_path)
         if winner != "fp32" and len(ops) > 1:
             variants = op_type_variants(winner, ops, onnx_path, found, work, scheme, static)
             found.paths.update(variants)
             found.fidelity.update({name: fidelity_of(path) for name, path in variants.items()})
-            p50 = timed()
+            stats = timed()
             found.notes.append(f"fallback by op type: {winner} retried with each of {', '.join(ops)} in fp32")
+        p50 = _p50(stats)
         choice = choose_form(p50, found.fidelity, min_fidelity)
+        found.notes += timing_notes(stats, choice.chosen)
         if synthetic_checks:
             found.notes.append("fidelity was checked on synthetic inputs (random values, no tokenizer or calibration "
                                "data beside the model): pass real calibration/check feeds for a meaningful check")
@@ -205,6 +207,23 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
                           size_before_mb=size_mb(onnx_path), size_after_mb=size_mb(out_dir / "model.onnx"),
                           p50_ms=p50, fidelity=found.fidelity, excluded_nodes=found.excluded,
                           notes=found.notes + choice.notes)
+
+
+def _p50(stats: dict[str, LatencyStats]) -> dict[str, float]:
+    return {name: s.p50 for name, s in stats.items()}
+
+
+def timing_notes(stats: dict[str, LatencyStats], chosen: str) -> list[str]:
+    """What the timing behind the choice was worth: unstable candidates (after re-measuring), and a choice of an
+    int8 form whose speedup over fp32 is not clear of 1 (a tie within noise, kept because it keeps quality and is
+    not shown slower)."""
+    notes = [f"{name} timing unstable after re-measuring: {'; '.join(s.doubts)}"
+             for name, s in stats.items() if s.doubts]
+    if chosen != "fp32":
+        low, high = speedup_interval(stats["fp32"], stats[chosen])
+        if low <= 1.0:
+            notes.append(f"{chosen} vs fp32 is a tie within timing noise (speedup 95% interval {low:.2f}-{high:.2f}x)")
+    return notes
 
 
 def build_candidates(onnx_path: Path, work: Path, forms: Sequence[str], scheme: Int8Scheme,

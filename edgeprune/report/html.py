@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import io
 
-from edgeprune.report.schema import Report
+from edgeprune.report.schema import Report, health_text
 from edgeprune.search import Candidate
 
 STYLE = """
@@ -31,7 +31,7 @@ def render_html(report: Report) -> str:
     status = "PASS" if report.passed else "FAIL"
     parts = [f"<h1>edgeprune report: <span class='{status}'>{status}</span> — {html.escape(report.model)} "
              f"on <code>{html.escape(report.profile)}</code></h1>",
-             f"<p>Created {html.escape(report.created)}.</p>",
+             f"<p>Created {html.escape(report.created)}; {html.escape(health_text(report.host_health))}.</p>",
              _verdict_table(report),
              _figure("pareto", _pareto_svg(report), "Quality vs latency of every candidate (grey: latency-table "
                      "points, every layer cut to one head or neuron count, without recovery); the line joins the "
@@ -50,12 +50,13 @@ def _verdict_table(report: Report) -> str:
     return _table("verdicts", ("profile", "metric", "budget", "value", "band", "verdict"), [
         (html.escape(v.profile), html.escape(v.metric), f"{v.budget:.4g} {v.unit}", f"{v.value:.4g} {v.unit}",
          f"{v.low:.3g} – {v.high:.3g}" if v.predicted else "measured",
-         f"<b class='{v.status}'>{v.status}</b>") for v in report.verdicts])
+         f"<b class='{v.status}'>{v.status}</b>" + (f" {html.escape(v.reason)}" if v.reason else ""))
+        for v in report.verdicts])
 
 
 def _models_table(report: Report) -> str:
     return _table("models", ("model", "p50 ms", "p90 ms", "speedup", "MB", "cosine to dense"), [
-        (html.escape(m.name), f"{m.latency_ms['p50']:.3f}", f"{m.latency_ms['p90']:.3f}", f"{m.speedup:.2f}x",
+        (html.escape(m.name), f"{m.latency_ms['p50']:.3f}", f"{m.latency_ms['p90']:.3f}", m.speedup_text(),
          f"{m.size_mb:.1f}", "–" if m.cosine_fidelity is None else f"{m.cosine_fidelity:.4f}") for m in report.models])
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgeprune.report.schema import Report, VerdictLine
+from edgeprune.report.schema import Report, VerdictLine, health_text
 
 
 def verdict_table(verdicts: Sequence[VerdictLine | dict[str, Any]]) -> list[str]:
@@ -14,18 +14,20 @@ def verdict_table(verdicts: Sequence[VerdictLine | dict[str, Any]]) -> list[str]
     for v in verdicts:
         v = v if isinstance(v, VerdictLine) else VerdictLine(**v)
         band = f"{v.low:.3g}–{v.high:.3g}" if v.predicted else "measured"
+        reason = f" ({v.reason})" if v.reason else ""
         lines.append(f"| {v.profile} | {v.metric} | {v.budget:.4g} {v.unit} | {v.value:.4g} {v.unit} | {band} "
-                     f"| **{v.status}** |")
+                     f"| **{v.status}**{reason} |")
     return lines
 
 
 def render_markdown(report: Report) -> str:
     status = "PASS" if report.passed else "FAIL"
-    lines = [f"# edgeprune: {status} — {report.model} on `{report.profile}`", "", *verdict_table(report.verdicts)]
+    lines = [f"# edgeprune: {status} — {report.model} on `{report.profile}`", "", health_text(report.host_health),
+             "", *verdict_table(report.verdicts)]
     lines += ["", "| model | p50 ms | p90 ms | speedup | size MB | peak MB | cosine | STS-B |",
               "|---|---|---|---|---|---|---|---|"]
     for m in report.models:
-        lines.append(f"| {m.name} | {m.latency_ms['p50']:.3f} | {m.latency_ms['p90']:.3f} | {m.speedup:.2f}x "
+        lines.append(f"| {m.name} | {m.latency_ms['p50']:.3f} | {m.latency_ms['p90']:.3f} | {m.speedup_text()} "
                      f"| {m.size_mb:.1f} | {_fmt(m.peak_memory_mb, '.1f')} | {_fmt(m.cosine_fidelity, '.4f')} "
                      f"| {_fmt(m.stsb_spearman, '.2f')} |")
     if report.search is not None:

@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeprune.search import SearchSummary
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Strict(BaseModel):
@@ -24,8 +25,26 @@ class ModelFigures(_Strict):
     peak_memory_mb: float | None
     size_mb: float
     speedup: float = Field(description="dense fp32 p50 / this model's p50, measured side by side")
+    speedup_interval: list[float] | None = Field(
+        description="95% bootstrap interval of the speedup over the interleaved rounds (none for the dense model)")
+    speedup_reliable: bool = Field(description="false when a measurement behind the speedup was unstable")
+    stability: dict[str, Any] | None = Field(
+        description="spread (CV, p90/p50), rounds kept and re-measured, CPU sharing while timing, reasons")
     cosine_fidelity: float | None
     stsb_spearman: float | None
+
+
+    def speedup_text(self) -> str:
+        return speedup_text(self.speedup, self.speedup_interval, self.speedup_reliable)
+
+
+def speedup_text(speedup: float, interval: Sequence[float] | None, reliable: bool) -> str:
+    """``2.91x (2.80-3.02)``: the interval when there is one, flagged when the measurements behind it were
+    unstable."""
+    if interval is None:
+        return f"{speedup:.2f}x"
+    low, high = interval
+    return f"{speedup:.2f}x ({low:.2f}-{high:.2f}{'' if reliable else ', unreliable'})"
 
 
 class VerdictLine(_Strict):
@@ -39,6 +58,13 @@ class VerdictLine(_Strict):
     high: float | None = None
     margin: float = Field(description="headroom as a fraction of the budget (negative when over)")
     predicted: bool
+    reason: str | None = Field(default=None, description="why an UNCERTAIN line is uncertain")
+
+
+def health_text(health: dict[str, Any]) -> str:
+    """One line on the host's state before timing, for the reports."""
+    reasons = "; ".join(health["reasons"])
+    return f"host {health['verdict']} before timing" + (f": {reasons}" if reasons else "")
 
 
 class Report(_Strict):
@@ -50,6 +76,7 @@ class Report(_Strict):
     settings: dict[str, Any]
     versions: dict[str, str]
     host: dict[str, Any]
+    host_health: dict[str, Any] = Field(description="the host's state before timing: quiet, noisy or throttled")
     budget: dict[str, Any]
     verdicts: list[VerdictLine]
     models: list[ModelFigures]

@@ -23,7 +23,7 @@ from edgeprune.models.loading import LoadedModel
 from edgeprune.models.plan import DenseShape, PruningPlan
 from edgeprune.options import PruneOptions
 from edgeprune.profiling import estimate
-from edgeprune.profiling.measure import compare_latency
+from edgeprune.profiling.measure import LatencyStats, compare_latency
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.pruning import apply_plan, kept_macs_fraction
 from edgeprune.pruning.allocate import uniform
@@ -34,7 +34,8 @@ from edgeprune.search.choice import Bounds, Candidate
 from edgeprune.search.latency_table import HEAD_GRID, NEURON_GRID, LatencyTable, grid_counts
 
 Timed = tuple[float, float | None, float | None]
-"""(value, low, high) ms at the budget's percentile; low and high are None when measured here."""
+"""(value, low, high) ms at the budget's percentile. Measured here, low and high are None, or — when the timing
+stayed unstable after re-measuring — the lowest and highest per-round percentile, so the noise shows."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Timing:
         if self.device.is_host:
             stats = compare_latency(paths, self.threads, rounds=3, runs=max(1, self.runs // 3),
                                     seq_len=self.seq_len)
-            return [(s.percentile(self.percentile), None, None) for s in stats]
+            return [_measured(s, self.percentile) for s in stats]
         # predicted at the device's own thread count, as the final verdict is
         return [estimate(p, self.device, seq_len=self.seq_len, runs=self.runs, memory=False).latency(self.percentile)
                 for p in paths]
@@ -69,6 +70,14 @@ class Timing:
     def memory_threads(self) -> int:
         """Threads of the peak-memory probe: the run's own here; one elsewhere, as the device's estimate uses."""
         return self.threads if self.device.is_host else 1
+
+
+def _measured(stats: LatencyStats, percentile: str) -> Timed:
+    value = stats.percentile(percentile)
+    if not stats.doubts:
+        return value, None, None
+    per_round = [LatencyStats(r).percentile(percentile) for r in stats.rounds]
+    return value, min(per_round), max(per_round)
 
 
 @dataclass(frozen=True)
