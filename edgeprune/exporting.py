@@ -6,6 +6,8 @@ tokenizer) loads with optimum's ``ORTModelFor...`` classes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,9 @@ from edgeprune.quiet import quiet
 
 ONNX_FILE = "model.onnx"
 DEFAULT_ATOL = 1e-4
+WITH_PAST = "-with-past"
+"""optimum's task suffix for a decoder exported with its key/value cache (past in, present out)."""
+DECODE_STEPS = 8
 """Max abs difference allowed between PyTorch and ONNX outputs, per unit of the largest output magnitude
 (fp32 rounding grows with the values: MiniLM's states reach ~6, its exports differ by ~4e-6 to 1.2e-4)."""
 
@@ -46,6 +51,8 @@ class ExportResult:
     task: str
     parity_inputs: str = "real"
     """What parity ran on: ``real`` (given) inputs, the ``built-in sentences``, or ``synthetic images``."""
+    decode_steps: int = 0
+    """A decoder exported with its key/value cache: greedy steps after the prefill checked against PyTorch."""
 
 
 def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, inputs: list[object] | None = None,
@@ -75,10 +82,12 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, input
         drop_remote_code(tmp / "config.json")
         if loaded.plan is not None:
             loaded.plan.save(tmp / PLAN_FILE)
-        diff, scale = parity(loaded, tmp / ONNX_FILE, inputs)
+        steps = DECODE_STEPS if loaded.task.endswith(WITH_PAST) else 0
+        diff, scale = decode_parity(loaded, tmp / ONNX_FILE, inputs, steps) if steps else parity(
+            loaded, tmp / ONNX_FILE, inputs)
         check_parity(diff, scale, atol, "report this model; try another --opset")
     return ExportResult(onnx_path=out_dir / ONNX_FILE, max_abs_diff=diff, parity_texts=len(inputs),
-                        task=loaded.task, parity_inputs=kind)
+                        task=loaded.task, parity_inputs=kind, decode_steps=steps)
 
 
 def export_module(module: torch.nn.Module, out_path: Path | str, inputs: torch.Tensor, *,
@@ -139,6 +148,33 @@ def parity(loaded: LoadedModel, onnx_path: Path, inputs: list[object]) -> tuple[
     return float(np.abs(actual - expected).max()), float(np.abs(expected).max())
 
 
+def decode_parity(loaded: LoadedModel, onnx_path: Path, texts: list[object], steps: int) -> tuple[float, float]:
+    """Max |PyTorch − ONNX| logits over the prefill of each text and ``steps`` greedy steps after it, the ONNX model
+    fed its own ``present`` key/values as the next ``past``, and the largest |PyTorch logit|."""
+    sess = runtime.session(onnx_path)
+    outputs = [o.name for o in sess.get_outputs()]
+    diff = scale = 0.0
+    for text in texts:
+        ids = np.asarray(loaded.processor(str(text), return_tensors="np")["input_ids"], dtype=np.int64)
+        past: dict[str, np.ndarray] = {}  # empty at the prefill (runtime.feed makes it)
+        torch_past, length = None, ids.shape[1]
+        for _ in range(steps + 1):
+            arrays = {"input_ids": ids, "attention_mask": np.ones((1, length), dtype=np.int64),
+                      "position_ids": np.arange(length - ids.shape[1], length, dtype=np.int64)[None]}
+            result = sess.run(None, runtime.feed(sess, {**arrays, **past}))
+            with torch.no_grad():
+                out = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()},
+                                   past_key_values=torch_past, use_cache=True)
+            expected = out.logits.numpy()
+            diff = max(diff, float(np.abs(result[0] - expected).max()))
+            scale = max(scale, float(np.abs(expected).max()))
+            torch_past = out.past_key_values
+            past = {name.replace("present", runtime.CACHE_PREFIX, 1): array
+                    for name, array in zip(outputs[1:], result[1:])}
+            ids, length = expected[:, -1].argmax(-1)[:, None].astype(np.int64), length + 1
+    return diff, scale
+
+
 def _pin_image_size(onnx_path: Path, config: object) -> None:
     """Fix the channel, height and width axes of ``pixel_values`` to the model's configured image: optimum leaves
     them symbolic, but the position embeddings only fit that size, and timing needs the real shape."""
@@ -158,7 +194,7 @@ def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:
     from optimum.exporters.onnx import onnx_export_from_model
 
     try:
-        with quiet():
+        with quiet(), _cache_shapes(loaded):
             onnx_export_from_model(loaded.model, out, task=loaded.task, opset=opset, do_validation=False,
                                    preprocessors=[loaded.processor])
     except (ValueError, KeyError, torch.onnx.errors.OnnxExporterError) as exc:
@@ -166,3 +202,25 @@ def _optimum_export(loaded: LoadedModel, out: Path, opset: int | None) -> None:
         raise ExportError(f"ONNX export failed ({type(exc).__name__}: {str(exc)[:300]})",
                           "check that the model runs in PyTorch; report the model if it does") from exc
 
+
+
+@contextlib.contextmanager
+def _cache_shapes(loaded: LoadedModel) -> Iterator[None]:
+    """A pruned decoder's config states its kept key/value heads while it is exported, so the exporter's cache
+    inputs and the config.json written beside the model (from which optimum's ``ORTModelForCausalLM`` builds the
+    empty cache) have the pruned shape. ``num_attention_heads`` stays dense: runtimes derive the head size from
+    ``hidden_size / num_attention_heads``. One count must hold for every layer: a KV cache has one head count."""
+    config, plan = loaded.model.config, loaded.plan
+    if plan is None or not loaded.task.endswith(WITH_PAST):
+        yield
+        return
+    kept = set(plan.kept_heads)
+    if len(kept) != 1:
+        raise ExportError(f"layers keep different numbers of key/value groups ({sorted(kept)}), which a KV-cache "
+                          "export cannot express", "prune attention uniformly (--allocation uniform)")
+    dense = config.num_key_value_heads
+    config.num_key_value_heads = kept.pop()
+    try:
+        yield
+    finally:
+        config.num_key_value_heads = dense

@@ -49,9 +49,10 @@ def session(path: Path | str, threads: int = 1, allow_spinning: bool = True) -> 
 
 def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The subset of ``arrays`` the graph takes: token inputs as int64 (as exported transformers expect), float
-    inputs (pixels) as float32."""
-    names = [i.name for i in sess.get_inputs()]
-    missing = [n for n in names if n not in arrays and n not in DERIVED]
+    inputs (pixels) as float32; a decoder's key/value cache, when not given, empty (the arrays are a prefill)."""
+    specs = sess.get_inputs()
+    names = [i.name for i in specs]
+    missing = [n for n in names if n not in arrays and n not in DERIVED and not n.startswith(CACHE_PREFIX)]
     if missing:
         raise ModelLoadError(f"the model needs inputs {missing} that were not provided",
                              "use a model exported by edgeprune or optimum")
@@ -61,11 +62,18 @@ def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[s
         out["token_type_ids"] = np.zeros_like(out["input_ids"])
     if "position_ids" in names and "position_ids" not in out:
         out["position_ids"] = position_ids(out["attention_mask"])
+    batch = len(out["input_ids"]) if "input_ids" in out else 1
+    for spec in specs:
+        if spec.name.startswith(CACHE_PREFIX) and spec.name not in out:
+            out[spec.name] = np.zeros([batch if axis == 0 else dim if isinstance(dim, int) else 0
+                                       for axis, dim in enumerate(spec.shape)], dtype=np.float32)
     return out
 
 
 DERIVED = ("token_type_ids", "position_ids")
 """Inputs an exported transformer may take that follow from the others when not given."""
+CACHE_PREFIX = "past_key_values"
+"""A decoder exported with its key/value cache takes the cache in inputs named so (optimum's naming)."""
 
 
 def position_ids(attention_mask: np.ndarray) -> np.ndarray:
@@ -75,7 +83,8 @@ def position_ids(attention_mask: np.ndarray) -> np.ndarray:
 
 
 def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of the requested shape for timing: random token ids, full attention, zeros elsewhere.
+    """Inputs of the requested shape for timing: random token ids, full attention, zeros elsewhere (a decoder's
+    key/value cache empty: a prefill of ``seq_len`` tokens).
 
     Token-model inputs are recognized by name; any float input (an image, say) gets
     standard-normal values of its static shape with the batch axis set to ``batch``. A request
@@ -92,7 +101,7 @@ def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: i
                 what = "batch" if axis == 0 else "sequence length"
                 raise BadArgumentError(f"input '{spec.name}' has a fixed {what} of {dim}; {want} cannot run",
                                        f"pass --{'batch' if axis == 0 else 'seq-len'} {dim}")
-            shape.append(dim if isinstance(dim, int) else want)
+            shape.append(dim if isinstance(dim, int) else _symbolic(dim, want))
         if "float" in spec.type:
             arrays[spec.name] = rng.standard_normal(shape).astype(np.float32)
         elif spec.name == "input_ids":
@@ -104,6 +113,13 @@ def synthetic_feed(sess: ort.InferenceSession, batch: int, seq_len: int, seed: i
         else:
             arrays[spec.name] = np.zeros(shape, dtype=np.int64)
     return arrays
+
+
+def _symbolic(dim: object, want: int) -> int:
+    """A symbolic axis's size: a decoder's cache axis (``past_sequence_length``) is empty — the timed run is a
+    prefill — and its mask axis (``past_sequence_length + sequence_length``) is the sequence."""
+    name = str(dim)
+    return 0 if "past" in name and "+" not in name else want
 
 
 def fixed_batch(sess: ort.InferenceSession) -> int | None:

@@ -9,6 +9,7 @@ without a case fails ``test_every_registered_type_has_a_case``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,90 @@ def test_every_criterion_and_recovery_then_export_parity(model_type, config, cls
     loaded = LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan)
     result = export(loaded, tmp_path / "onnx", inputs=_inputs(dense))
     assert result.onnx_path.is_file() and result.parity_inputs == "real" and result.max_abs_diff < 1e-3
+
+
+DECODERS = [p for p in PARAMS if p.values[2].endswith("ForCausalLM")]
+
+
+@pytest.mark.parametrize(("model_type", "config", "cls", "kwargs"), DECODERS)
+def test_decoder_exports_its_kv_cache_and_generates_like_pytorch(model_type, config, cls, kwargs, built,
+                                                                  tmp_path) -> None:
+    """Pruned to one KV group per layer, exported with past key/values in and present out: the prefill and 8 greedy
+    steps match PyTorch (checked by export), optimum's ORTModelForCausalLM generates PyTorch's greedy tokens, and
+    the model times as a prefill."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from edgeprune.profiling import profile
+    from edgeprune.pruning.loaded import prune_loaded
+
+    dense = load_model(built[cls])
+    assert dense.task == "text-generation-with-past"
+    pruned = prune_loaded(dense, heads_ratio=0.5, ffn_ratio=0.5, options=PruneOptions(recover="none"))
+    assert pruned.plan.kept_heads == [1, 1]
+    result = export(pruned, tmp_path / "onnx", inputs=TEXTS[:3])
+    assert result.decode_steps == 8 and result.max_abs_diff < 1e-3
+    exported = json.loads((tmp_path / "onnx" / "config.json").read_text())
+    assert exported["num_key_value_heads"] == 1 and exported["num_attention_heads"] == 4
+    assert pruned.model.config.num_key_value_heads == 2  # the in-memory model keeps its dense config
+    ids = torch.tensor([[5, 17, 23, 42, 8, 99]])
+    with torch.no_grad():
+        expected = pruned.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    onnx_model = ORTModelForCausalLM.from_pretrained(tmp_path / "onnx", use_cache=True)
+    assert torch.equal(onnx_model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), expected)
+    assert profile(result.onnx_path, threads=1, seq_len=16, runs=4, warmup=1, memory=False).latency_stats.p50 > 0
+
+
+def test_a_decoder_with_its_kv_cache_quantizes_and_still_generates(built, tmp_path) -> None:
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    from edgeprune.quantization import quantize
+
+    exported = export(load_model(built["LlamaForCausalLM"]), tmp_path / "onnx", inputs=TEXTS[:2])
+    result = quantize(exported.onnx_path, tmp_path / "int8", runs=5, rounds=2)
+    assert result.chosen in result.fidelity and result.fidelity[result.chosen] >= 0.99
+    model = ORTModelForCausalLM.from_pretrained(tmp_path / "int8", use_cache=True)
+    assert model.generate(torch.tensor([[5, 17, 23]]), max_new_tokens=4, do_sample=False,
+                          pad_token_id=0).shape == (1, 7)
+
+
+def test_kv_cache_export_refuses_uneven_key_value_groups(built, tmp_path) -> None:
+    from edgeprune.errors import ExportError
+
+    dense = load_model(built["LlamaForCausalLM"])
+    plan = _uneven_plan(dense)
+    model = apply_plan(load_model(built["LlamaForCausalLM"]).model, adapter_for(dense.model), plan)
+    with pytest.raises(ExportError, match="key/value groups") as info:
+        export(LoadedModel(model, dense.processor, dense.path, dense.task, dense.pooling, plan), tmp_path / "onnx")
+    assert "uniform" in info.value.fix and not (tmp_path / "onnx").exists()
+
+
+def test_a_decoder_tokenizer_without_a_pad_token_pads_with_eos(built, tmp_path) -> None:
+    """Decoder tokenizers (SmolLM2's among them) often have no pad token: calibration batches pad with eos;
+    with no eos either, one clear error."""
+    import shutil
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from edgeprune.errors import ModelLoadError
+
+    words = {w: i for i, w in enumerate(["</s>", "[UNK]", *sorted({w for t in TEXTS for w in t.split()})])}
+    backend = Tokenizer(models.WordLevel(words, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    for eos, name in (("</s>", "with-eos"), (None, "without")):
+        folder = tmp_path / name
+        shutil.copytree(built["LlamaForCausalLM"], folder)
+        for old in folder.glob("*token*") :
+            old.unlink()
+        PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos).save_pretrained(folder)
+        if eos is None:
+            with pytest.raises(ModelLoadError, match="neither a pad token"):
+                load_model(folder)
+            continue
+        loaded = load_model(folder)
+        assert loaded.processor.pad_token == "</s>"
+        batch = calibration_batches(loaded.processor, TEXTS, batch_size=4)[0]
+        assert batch["attention_mask"].sum() < batch["attention_mask"].numel()  # really padded
 
 
 def test_unsupported_architecture_names_the_supported_ones_and_the_one_file_fix() -> None:

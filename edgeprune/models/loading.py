@@ -46,7 +46,7 @@ class LoadedModel:
     path: Path
     task: str
     """optimum's task name: ``feature-extraction``, ``text-classification``, ``image-classification``,
-    ``text-generation``."""
+    ``text-generation-with-past`` (a decoder, exported with its key/value cache)."""
     pooling: str
     """How token states become one vector: ``mean`` over real tokens, or ``cls``."""
     plan: PruningPlan | None = None
@@ -171,10 +171,18 @@ def _load_processor(path: Path, adapter: ModelAdapter) -> object:
 
     kind, auto = ("image processor", AutoImageProcessor) if adapter.modality == IMAGE else ("tokenizer", AutoTokenizer)
     try:
-        return auto.from_pretrained(path)
+        processor = auto.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a {kind} from '{path}' ({_first_line(exc)})",
                              f"save the {kind} next to the model (its save_pretrained)") from None
+    if adapter.modality != IMAGE and processor.pad_token is None:
+        # decoder tokenizers often have none; padded positions are masked, so any token serves: the usual is eos
+        if processor.eos_token is None:
+            raise ModelLoadError(f"the tokenizer in '{path}' has neither a pad token nor an end-of-sequence token, "
+                                 "so calibration batches cannot be padded",
+                                 'add "pad_token" to its tokenizer_config.json')
+        processor.pad_token = processor.eos_token
+    return processor
 
 
 def _pooling(path: Path, task: str, adapter: ModelAdapter) -> str:

@@ -43,7 +43,7 @@ class LlamaAdapter(ModelAdapter):
         from transformers import AutoModel, AutoModelForCausalLM
 
         if any(name.endswith("ForCausalLM") for name in config.get("architectures") or []):
-            return AutoModelForCausalLM, "text-generation"
+            return AutoModelForCausalLM, "text-generation-with-past"
         return AutoModel, "feature-extraction"
 
     def label_free(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> bool:
