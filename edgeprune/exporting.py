@@ -159,8 +159,7 @@ def decode_parity(loaded: LoadedModel, onnx_path: Path, texts: list[object], ste
         past: dict[str, np.ndarray] = {}  # empty at the prefill (runtime.feed makes it)
         torch_past, length = None, ids.shape[1]
         for _ in range(steps + 1):
-            arrays = {"input_ids": ids, "attention_mask": np.ones((1, length), dtype=np.int64),
-                      "position_ids": np.arange(length - ids.shape[1], length, dtype=np.int64)[None]}
+            arrays = runtime.step_inputs(ids, length)
             result = sess.run(None, runtime.feed(sess, {**arrays, **past}))
             with torch.no_grad():
                 out = loaded.model(**{k: torch.from_numpy(v) for k, v in arrays.items()},
@@ -169,8 +168,7 @@ def decode_parity(loaded: LoadedModel, onnx_path: Path, texts: list[object], ste
             diff = max(diff, float(np.abs(result[0] - expected).max()))
             scale = max(scale, float(np.abs(expected).max()))
             torch_past = out.past_key_values
-            past = {name.replace("present", runtime.CACHE_PREFIX, 1): array
-                    for name, array in zip(outputs[1:], result[1:])}
+            past = runtime.next_cache(outputs, result)
             ids, length = expected[:, -1].argmax(-1)[:, None].astype(np.int64), length + 1
     return diff, scale
 

@@ -70,6 +70,26 @@ def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[s
     return out
 
 
+def takes_cache(onnx_path: Path | str) -> bool:
+    """Whether the model is a decoder exported with its key/value cache (its graph takes ``past_key_values.*``)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return any(i.name.startswith(CACHE_PREFIX) for i in graph.input)
+
+
+def step_inputs(ids: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """A decoder step's inputs: the new token ``ids`` (batch 1) at the end of a context of ``length`` tokens."""
+    return {"input_ids": ids, "attention_mask": np.ones((1, length), dtype=np.int64),
+            "position_ids": np.arange(length - ids.shape[1], length, dtype=np.int64)[None]}
+
+
+def next_cache(output_names: list[str], result: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """A step's ``present.*`` outputs as the next step's ``past_key_values.*`` inputs."""
+    return {name.replace("present", CACHE_PREFIX, 1): value for name, value in zip(output_names, result)
+            if name.startswith("present")}
+
+
 DERIVED = ("token_type_ids", "position_ids")
 """Inputs an exported transformer may take that follow from the others when not given."""
 CACHE_PREFIX = "past_key_values"

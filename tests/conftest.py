@@ -65,3 +65,20 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> 
     from edgeprune.exporting import export
 
     return export(tiny_bert_dir, tmp_path_factory.mktemp("tiny-onnx") / "onnx").onnx_path
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny Llama (GQA: 4 query heads over 2 key/value heads, 64 positions) exported with its KV cache."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from edgeprune.exporting import export
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-decoder")
+    LlamaForCausalLM(LlamaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+                     ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(minilm_dir, model_input_names=["input_ids", "attention_mask"]).save_pretrained(
+        folder)
+    return export(folder, tmp_path_factory.mktemp("tiny-decoder-onnx") / "onnx").onnx_path

@@ -70,8 +70,12 @@ def default_model_path() -> Path:
 
 
 def load_model(path: Path | str | None = None) -> LoadedModel:
-    """Load a Hugging Face model directory (dense, or pruned by edgeprune) for pruning and export."""
+    """Load a Hugging Face model directory (dense, or pruned by edgeprune) for pruning and export; a GGUF file (or a
+    directory holding one and no config.json) loads as a decoder LLM, de-quantized to fp32 (see ``gguf_file``)."""
     path = default_model_path() if path is None else Path(path)
+    checkpoint = gguf_file(path)
+    if checkpoint is not None:
+        return _load_gguf(checkpoint)
     config = _read_config(path)
     adapter = adapter_for_type(str(config.get("model_type")))
     if (path / PLAN_FILE).exists():
@@ -84,6 +88,58 @@ def load_model(path: Path | str | None = None) -> LoadedModel:
                              "check that the directory holds a complete Hugging Face checkpoint") from None
     return LoadedModel(model=model.eval(), processor=_load_processor(path, adapter), path=path, task=task,
                        pooling=_pooling(path, task, adapter))
+
+
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF checkpoint ``path`` names: the file itself, or the one ``.gguf`` in a folder without config.json
+    (as llama.cpp-style packages ship them). None for anything else."""
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise ModelLoadError(f"'{path}' holds {len(found)} GGUF files ({', '.join(f.name for f in found)})",
+                                 "pass the one to load as the model path")
+        return found[0] if found else None
+    return None
+
+
+def _load_gguf(file: Path) -> LoadedModel:
+    """A decoder from a GGUF file through transformers' GGUF reader: config, fp32 weights and tokenizer.
+
+    GGUF stores quantized blocks (Q4_1, Q8_0, ...); they are de-quantized, because pruning,
+    recovery and export work on real-valued weights. Only decoder LLMs ship as GGUF.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader needs it)
+    except ImportError:
+        raise ModelLoadError("reading a GGUF checkpoint needs the gguf package",
+                             "pip install 'edgeprune[llm]'") from None
+    folder, name = file.parent, file.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # not GGUF, truncated, or an architecture it lacks
+        raise ModelLoadError(f"cannot read '{file}' as a GGUF checkpoint ({_first_line(exc)})",
+                             "pass a GGUF file of a Llama, Qwen2 or Mistral model") from None
+    adapter = adapter_for_type(str(config.model_type))
+    architectures = config.architectures or [f"{type(config).__name__.removesuffix('Config')}ForCausalLM"]
+    auto_class, task = adapter.auto_class({**config.to_dict(), "architectures": architectures})
+    if not task.endswith("-with-past"):
+        raise ModelLoadError(f"'{file}' is a {config.model_type} model but not a causal language model",
+                             "pass the GGUF of a decoder LLM (…ForCausalLM)")
+    import torch
+
+    try:
+        model = auto_class.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot load the weights or tokenizer in '{file}' ({_first_line(exc)})",
+                             "check that the GGUF file is complete") from None
+    model.config.architectures = architectures
+    return LoadedModel(model=model.eval(), processor=_with_pad_token(tokenizer, file), path=folder, task=task,
+                       pooling=adapter.pooling)
 
 
 def load_pruned(path: Path | str) -> LoadedModel:
@@ -175,14 +231,19 @@ def _load_processor(path: Path, adapter: ModelAdapter) -> object:
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load a {kind} from '{path}' ({_first_line(exc)})",
                              f"save the {kind} next to the model (its save_pretrained)") from None
-    if adapter.modality != IMAGE and processor.pad_token is None:
-        # decoder tokenizers often have none; padded positions are masked, so any token serves: the usual is eos
-        if processor.eos_token is None:
+    return processor if adapter.modality == IMAGE else _with_pad_token(processor, path)
+
+
+def _with_pad_token(tokenizer: object, path: Path) -> object:
+    """Decoder tokenizers often have no pad token; padded positions are masked, so any token serves: the usual is
+    end-of-sequence."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
             raise ModelLoadError(f"the tokenizer in '{path}' has neither a pad token nor an end-of-sequence token, "
                                  "so calibration batches cannot be padded",
                                  'add "pad_token" to its tokenizer_config.json')
-        processor.pad_token = processor.eos_token
-    return processor
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _pooling(path: Path, task: str, adapter: ModelAdapter) -> str:
@@ -197,4 +258,4 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-__all__ = ["LoadedModel", "default_model_path", "load_model", "load_pruned", "save_pruned"]
+__all__ = ["LoadedModel", "default_model_path", "gguf_file", "load_model", "load_pruned", "save_pruned"]

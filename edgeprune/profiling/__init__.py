@@ -18,6 +18,7 @@ from edgeprune import runtime
 from edgeprune.devices import DeviceProfile, available_profiles, load_profile
 from edgeprune.errors import ProfileError
 from edgeprune.files import size_mb
+from edgeprune.profiling.generation import DEFAULT_NEW_TOKENS, GenerationStats, measure_generation
 from edgeprune.profiling.health import HostHealth, check_health
 from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency, speedup_interval
 from edgeprune.profiling.memory import MemoryStats, measure_peak_memory
@@ -59,6 +60,9 @@ class ProfileResult(Protocol):
     def memory(self) -> Figure:
         """(value, low, high) peak MiB over the process baseline; ``ProfileError`` when memory was not measured."""
 
+    def tokens_per_s(self) -> Figure:
+        """(value, low, high) decode tokens/s of a decoder LLM; ``ProfileError`` for any other model."""
+
     def to_dict(self) -> dict[str, Any]: ...
 
 
@@ -83,6 +87,8 @@ class Measurement:
     versions: dict[str, str] = field(default_factory=versions)
     health: HostHealth | None = None
     """The host's state just before measuring."""
+    generation: GenerationStats | None = None
+    """A decoder's prefill and decode figures (``latency`` is then the prefill of ``seq_len`` tokens)."""
 
     @property
     def device(self) -> str:
@@ -92,7 +98,7 @@ class Measurement:
     def timing_doubts(self) -> list[str]:
         """The latency figures' own instability, and the host's state when it was not quiet."""
         host = [f"before timing, host {self.health.verdict}: {r}" for r in self.health.reasons] if self.health else []
-        return [*self.latency_stats.doubts, *host]
+        return [*self.latency_stats.doubts, *(self.generation.doubts if self.generation else []), *host]
 
     @property
     def predicted(self) -> bool:
@@ -105,6 +111,14 @@ class Measurement:
     def latency(self, percentile: str) -> Figure:
         """(value, value, value) in ms at ``percentile`` of the samples."""
         value = self.latency_stats.percentile(percentile)
+        return value, value, value
+
+    def tokens_per_s(self) -> Figure:
+        """(value, value, value) decode tokens/s at the median step."""
+        if self.generation is None:
+            raise ProfileError(f"'{self.model}' does not generate: it is not a decoder exported with its key/value "
+                               "cache", "budget tokens/s only for decoder LLMs (edgeprune export of a …ForCausalLM)")
+        value = self.generation.tokens_per_s
         return value, value, value
 
     def memory(self) -> Figure:
@@ -120,6 +134,7 @@ class Measurement:
             "threads": self.threads, "batch": self.batch, "seq_len": self.seq_len,
             "latency_ms": self.latency_stats.to_dict(),
             "memory_mb": self.memory_stats.to_dict() if self.memory_stats else None,
+            "generation": self.generation.to_dict() if self.generation else None,
             "host": self.host, "host_health": self.health.to_dict() if self.health else None,
             "versions": self.versions,
         }
@@ -166,6 +181,10 @@ class Estimate:
         p = self.prediction
         return p.latency_ms * tail, p.low_ms * tail, p.high_ms * tail
 
+    def tokens_per_s(self) -> Figure:
+        raise ProfileError(f"decode tokens/s is measured on this host only; no prediction for '{self.device}' yet",
+                           "check --tokens-per-s on the host profile")
+
     def memory(self) -> Figure:
         """(value, low, high) peak MiB over baseline."""
         if self.host.memory_stats is None:
@@ -197,31 +216,42 @@ def estimate(onnx_path: Path | str, device: DeviceProfile | str, *, threads: int
 
 def profile(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
             batch: int = 1, seq_len: int = 128, runs: int = 100, warmup: int = 20,
-            memory: bool = True) -> Measurement:
-    """Measure ``onnx_path`` on this host with the device profile's runtime settings."""
+            memory: bool = True, new_tokens: int = DEFAULT_NEW_TOKENS) -> Measurement:
+    """Measure ``onnx_path`` on this host with the device profile's runtime settings. A decoder exported with its
+    key/value cache is timed as a prefill of ``seq_len`` tokens, then generates ``new_tokens`` (decode ms/token,
+    tokens/s), and its peak memory holds the cache at ``seq_len + new_tokens``."""
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     if not device.is_host:
         raise ProfileError(f"'{device.name}' is not this host, so it cannot be measured here",
                            "use edgeprune.profiling.estimate for a prediction with an error band")
     onnx_path = Path(onnx_path)
-    runtime.check_seq_len(onnx_path, seq_len)
+    decoder = runtime.takes_cache(onnx_path)
+    new_tokens = new_tokens if decoder else 0
+    runtime.check_seq_len(onnx_path, seq_len + new_tokens)
     threads = threads or device.runtime.threads
     state = check_health()
     latency = measure_latency(onnx_path, threads, batch=batch, seq_len=seq_len, warmup=warmup, runs=runs)
-    peak = measure_peak_memory(onnx_path, threads, batch, seq_len) if memory else None
+    generation = measure_generation(onnx_path, threads, prompt_tokens=seq_len, new_tokens=new_tokens) \
+        if decoder else None
+    peak = measure_peak_memory(onnx_path, threads, batch, seq_len, new_tokens=new_tokens) if memory else None
     return Measurement(model=str(onnx_path), profile=device.name, size_mb=size_mb(onnx_path), threads=threads,
-                       batch=batch, seq_len=seq_len, latency_stats=latency, memory_stats=peak, health=state)
+                       batch=batch, seq_len=seq_len, latency_stats=latency, memory_stats=peak, health=state,
+                       generation=generation)
 
 
 def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
-                       batch: int = 1, seq_len: int = 128, runs: int = 100, memory: bool = True) -> ProfileResult:
+                       batch: int = 1, seq_len: int = 128, runs: int = 100, memory: bool = True,
+                       new_tokens: int = DEFAULT_NEW_TOKENS) -> ProfileResult:
     """``onnx_path`` measured when ``device`` is this host, else predicted with its band: what can be known of it
-    from here."""
+    from here (a decoder's generation is measured on this host only, for now)."""
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
-    run = profile if device.is_host else estimate
-    return run(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory)
+    if device.is_host:
+        return profile(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory,
+                       new_tokens=new_tokens)
+    return estimate(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory)
 
 
-__all__ = ["DeviceProfile", "Estimate", "Figure", "HostHealth", "LatencyStats", "Measurement", "MemoryStats",
-           "Prediction", "ProfileResult", "available_profiles", "check_health", "compare_latency", "estimate",
-           "load_profile", "measure_latency", "measure_or_predict", "profile", "speedup_interval"]
+__all__ = ["DEFAULT_NEW_TOKENS", "DeviceProfile", "Estimate", "Figure", "GenerationStats", "HostHealth",
+           "LatencyStats", "Measurement", "MemoryStats", "Prediction", "ProfileResult", "available_profiles",
+           "check_health", "compare_latency", "estimate", "load_profile", "measure_latency", "measure_or_predict",
+           "profile", "speedup_interval"]

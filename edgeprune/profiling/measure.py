@@ -159,7 +159,7 @@ def compare_latency(onnx_paths: list[Path], threads: int, *, rounds: int = 3, ru
         remeasure_started = now if remeasure_started is None else remeasure_started
         spent = now - remeasure_started
         window = health.merge(windows[-rounds:])
-        stats = [_judged(r[-rounds:], window, len(windows) - rounds, spent, w, rules)
+        stats = [judged(r[-rounds:], window, len(windows) - rounds, spent, w, rules)
                  for r, w in zip(per_model, warmups)]
         round_s = now - round_start
         if all(s.stability.stable for s in stats) or spent + round_s > rules.remeasure_s:
@@ -219,8 +219,9 @@ def _timed(sess: Any, inputs: dict[str, np.ndarray]) -> float:
     return (clock() - start) * 1e3
 
 
-def _judged(rounds: list[list[float]], sharing: Sharing, set_aside: int, spent: float, warmup_runs: int,
-            rules: StabilityRules) -> LatencyStats:
+def judged(rounds: list[list[float]], sharing: Sharing, set_aside: int, spent: float, warmup_runs: int,
+           rules: StabilityRules) -> LatencyStats:
+    """Samples by round, with their stability: spread, and the CPU sharing while they were taken."""
     samples = [ms for r in rounds for ms in r]
     s = np.asarray(samples)
     reasons = (*spread_reasons(samples, rules), *(f"while timing, {r}" for r in sharing.reasons()))

@@ -41,12 +41,15 @@ class MemoryStats:
 
 
 def measure_peak_memory(onnx_path: Path, threads: int, batch: int = 1, seq_len: int = 128,
-                        runs: int = 10) -> MemoryStats:
-    inputs = runtime.synthetic_feed(runtime.session(onnx_path), batch, seq_len)
+                        runs: int = 10, new_tokens: int = 0) -> MemoryStats:
+    """Peak RSS over ``runs`` inferences of ``seq_len`` tokens; a decoder with its key/value cache also generates
+    ``new_tokens`` after each, so the peak holds the cache at ``seq_len + new_tokens``."""
+    sess = runtime.session(onnx_path)
+    inputs = runtime.feed(sess, runtime.synthetic_feed(sess, batch, seq_len))
     with tempfile.TemporaryDirectory() as tmp:
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, **inputs)
-        cmd = [sys.executable, str(PROBE), str(onnx_path), str(feed_path), str(threads), str(runs)]
+        cmd = [sys.executable, str(PROBE), str(onnx_path), str(feed_path), str(threads), str(runs), str(new_tokens)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

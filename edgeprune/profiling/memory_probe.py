@@ -2,7 +2,10 @@
 
 It must not import the edgeprune package: that would load torch and transformers into the
 process and bury the model's own memory under theirs.
-Usage: ``python memory_probe.py MODEL.onnx FEED.npz THREADS RUNS`` → one JSON line on stdout.
+Usage: ``python memory_probe.py MODEL.onnx FEED.npz THREADS RUNS [NEW_TOKENS]`` → one JSON line on stdout.
+With NEW_TOKENS, a decoder exported with its key/value cache generates that many tokens after each
+prefill, so the peak includes the cache at the full context (the step logic repeats
+``edgeprune.runtime.step_inputs``/``next_cache`` because this script must not import edgeprune).
 """
 
 import json
@@ -20,7 +23,23 @@ def status_mb(key):
     raise SystemExit(f"/proc/self/status has no {key}: peak memory is measured on Linux only")
 
 
-def main(model, feed_path, threads, runs):
+def generate(sess, feed, new_tokens):
+    """Greedy decode ``new_tokens`` steps after the prefill ``feed``, each fed the previous step's cache."""
+    inputs = {i.name for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    result = sess.run(None, feed)
+    length = feed["attention_mask"].shape[1]
+    for _ in range(new_tokens):
+        ids = result[0][:, -1].argmax(-1)[:, None].astype(np.int64)
+        length += 1
+        step = {"input_ids": ids, "attention_mask": np.ones((ids.shape[0], length), dtype=np.int64),
+                "position_ids": np.full((ids.shape[0], 1), length - 1, dtype=np.int64)}
+        step.update({n.replace("present", "past_key_values", 1): v for n, v in zip(names, result)
+                     if n.startswith("present")})
+        result = sess.run(None, {k: v for k, v in step.items() if k in inputs})
+
+
+def main(model, feed_path, threads, runs, new_tokens=0):
     feed = dict(np.load(feed_path))
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -31,10 +50,10 @@ def main(model, feed_path, threads, runs):
     sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     session_peak = status_mb("VmHWM")
     for _ in range(runs):
-        sess.run(None, feed)
+        generate(sess, feed, new_tokens)
     return {"baseline_mb": round(baseline, 2), "peak_mb": round(status_mb("VmHWM"), 2),
             "session_peak_mb": round(session_peak, 2)}
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))))
+    print(json.dumps(main(sys.argv[1], sys.argv[2], *(int(a) for a in sys.argv[3:]))))

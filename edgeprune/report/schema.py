@@ -59,6 +59,7 @@ class VerdictLine(_Strict):
     margin: float = Field(description="headroom as a fraction of the budget (negative when over)")
     predicted: bool
     reason: str | None = Field(default=None, description="why an UNCERTAIN line is uncertain")
+    higher_is_better: bool = Field(default=False, description="a floor (tokens/s) rather than a ceiling")
 
 
 def health_text(health: dict[str, Any]) -> str:

@@ -1,0 +1,91 @@
+"""How a decoder LLM exported with its key/value cache generates on this host: prefill, decode, tokens/s.
+
+A language model's user waits twice: once for the prompt (prefill: every prompt token in one
+run, compute-bound) and then per generated token (decode: one token per run against the
+growing cache, bound by reading the weights and the cache). One figure cannot describe both,
+so this measures both, greedily, on a seeded random prompt, in interleaved rounds judged by
+the same stability rules as every other latency here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeprune import runtime
+from edgeprune.profiling import health, measure
+from edgeprune.profiling.measure import LatencyStats, StabilityRules
+
+DEFAULT_PROMPT_TOKENS = 128
+DEFAULT_NEW_TOKENS = 128
+PREFILLS_PER_ROUND = 4
+
+
+@dataclass
+class GenerationStats:
+    """Prefill of ``prompt_tokens`` and ``new_tokens`` greedy decode steps after it, per round."""
+
+    prompt_tokens: int
+    new_tokens: int
+    prefill: LatencyStats
+    """ms per prefill of the prompt."""
+    decode: LatencyStats
+    """ms per generated token (every decode step of every round)."""
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode throughput at the median step time."""
+        return 1e3 / self.decode.p50
+
+    @property
+    def doubts(self) -> list[str]:
+        return [*(f"prefill: {r}" for r in self.prefill.doubts), *(f"decode: {r}" for r in self.decode.doubts)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
+                "prefill_ms": self.prefill.to_dict(), "decode_ms_per_token": self.decode.to_dict(),
+                "tokens_per_s": round(self.tokens_per_s, 3)}
+
+
+def measure_generation(onnx_path: Path, threads: int, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,
+                       new_tokens: int = DEFAULT_NEW_TOKENS, rounds: int = 3, seed: int = 0,
+                       rules: StabilityRules | None = None) -> GenerationStats:
+    """Time ``rounds`` rounds of ``PREFILLS_PER_ROUND`` prefills of a random ``prompt_tokens`` prompt, the last of
+    them followed by ``new_tokens`` greedy decode steps (one short warm-up generation first); the session stays
+    open across rounds, as an app's would."""
+    rules = rules or measure.RULES
+    sess = runtime.session(onnx_path, threads=threads)
+    prompt = runtime.synthetic_feed(sess, 1, prompt_tokens, seed)["input_ids"]
+    outputs = [o.name for o in sess.get_outputs()]
+    generate(sess, outputs, prompt, min(new_tokens, 4))  # warm-up
+    prefill: list[list[float]] = []
+    decode: list[list[float]] = []
+    windows = []
+    for _ in range(rounds):
+        start = health.snapshot()
+        alone = [generate(sess, outputs, prompt, 0)[0] for _ in range(PREFILLS_PER_ROUND - 1)]
+        first, steps = generate(sess, outputs, prompt, new_tokens)
+        windows.append(health.sharing(start, health.snapshot()))
+        prefill.append([*alone, first])
+        decode.append(steps)
+    sharing = health.merge(windows)
+    return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                           prefill=measure.judged(prefill, sharing, 0, 0.0, 1, rules),
+                           decode=measure.judged(decode, sharing, 0, 0.0, 1, rules))
+
+
+def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
+    """Greedy generation: (prefill ms, ms of each decode step), each step fed the previous ``present`` cache."""
+    ids, past, length = prompt, {}, prompt.shape[1]
+    times = []
+    for _ in range(new_tokens + 1):
+        feed = runtime.feed(sess, {**runtime.step_inputs(ids, length), **past})
+        start = measure.clock()
+        result = sess.run(None, feed)
+        times.append((measure.clock() - start) * 1e3)
+        past = runtime.next_cache(outputs, result)
+        ids, length = result[0][:, -1].argmax(-1)[:, None].astype(np.int64), length + 1
+    return times[0], times[1:]
