@@ -71,10 +71,15 @@ def feed(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray]) -> dict[s
 
 
 def takes_cache(onnx_path: Path | str) -> bool:
-    """Whether the model is a decoder exported with its key/value cache (its graph takes ``past_key_values.*``)."""
+    """Whether the model is a decoder exported with its key/value cache (its graph takes ``past_key_values.*``).
+    A missing or unreadable file is not one; opening its session reports what is wrong with it."""
     import onnx
+    from google.protobuf.message import DecodeError
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except (OSError, DecodeError):
+        return False
     return any(i.name.startswith(CACHE_PREFIX) for i in graph.input)
 
 

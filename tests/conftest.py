@@ -82,3 +82,10 @@ def tiny_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path
     AutoTokenizer.from_pretrained(minilm_dir, model_input_names=["input_ids", "attention_mask"]).save_pretrained(
         folder)
     return export(folder, tmp_path_factory.mktemp("tiny-decoder-onnx") / "onnx").onnx_path
+
+
+@pytest.fixture(scope="session")
+def rates_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One XDG cache for the tests that predict other devices: this host's rates are measured once (~45 s), not
+    once per test, and never into the user's own cache."""
+    return tmp_path_factory.mktemp("xdg-cache")

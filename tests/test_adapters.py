@@ -184,7 +184,8 @@ def test_decoder_exports_its_kv_cache_and_generates_like_pytorch(model_type, con
         expected = pruned.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
     onnx_model = ORTModelForCausalLM.from_pretrained(tmp_path / "onnx", use_cache=True)
     assert torch.equal(onnx_model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0), expected)
-    assert profile(result.onnx_path, threads=1, seq_len=16, runs=4, warmup=1, memory=False).latency_stats.p50 > 0
+    measured = profile(result.onnx_path, threads=1, seq_len=16, runs=4, warmup=1, memory=False, new_tokens=8)
+    assert measured.latency_stats.p50 > 0 and len(measured.generation.decode.samples_ms) == 3 * 8
 
 
 def test_a_decoder_with_its_kv_cache_quantizes_and_still_generates(built, tmp_path) -> None:

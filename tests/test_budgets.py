@@ -55,7 +55,7 @@ def test_memory_not_measured_is_a_profile_error(result: ProfileResult) -> None:
 
 def test_to_dict_keys_stay_as_reports_read_them() -> None:
     assert set(_measurement().to_dict()) == {"model", "profile", "size_mb", "threads", "batch", "seq_len",
-                                             "latency_ms", "memory_mb", "host", "host_health", "versions"}
+                                             "latency_ms", "memory_mb", "generation", "host", "host_health", "versions"}
     assert set(_estimate().to_dict()) == {"device", "threads", "predicted", "latency_ms", "host_basis", "memory_mb"}
 
 

@@ -171,8 +171,8 @@ def test_prune_with_recovery_gives_the_same_model_as_the_api(tiny_bert_dir, tmp_
         assert name in cli_weights and (cli_weights[name] == tensor).all(), name
 
 
-def test_check_on_another_device_reports_a_predicted_band(tiny_onnx, tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+def test_check_on_another_device_reports_a_predicted_band(tiny_onnx, tmp_path, rates_cache, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))
     result = runner.invoke(app, ["check", str(tiny_onnx), "--profile", "rpi4", "--latency-ms", "100000",
                                  "--json", str(tmp_path / "v.json"), "--junit", str(tmp_path / "v.xml"),
                                  "--runs", "5", "--seq-len", "16"])
@@ -186,10 +186,10 @@ def test_check_on_another_device_reports_a_predicted_band(tiny_onnx, tmp_path, m
     assert shown.exit_code == 0 and "predicted" in shown.stdout, shown.output
 
 
-def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path, monkeypatch) -> None:
+def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path, rates_cache, monkeypatch) -> None:
     from edgeprune.devices import parse_profile, profile_dir
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))
     source = tmp_path / "rpi5.yaml"
     source.write_text((profile_dir() / "rpi5.yaml").read_text())
     before = source.read_text()

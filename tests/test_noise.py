@@ -59,6 +59,7 @@ def simulated(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(health, "snapshot", lambda: None)
         monkeypatch.setattr("edgeprune.profiling.check_health", lambda: QUIET_HEALTH)
         monkeypatch.setattr("edgeprune.profiling.runtime.check_seq_len", lambda *_args: None)
+        monkeypatch.setattr("edgeprune.profiling.runtime.takes_cache", lambda *_args: False)
         return host
     return install
 

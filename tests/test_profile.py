@@ -27,16 +27,16 @@ def test_profile_measures_latency_and_memory(tiny_onnx) -> None:
     assert len(measure_latency(tiny_onnx, 1, seq_len=8, warmup=1, runs=3).samples_ms) == 3
 
 
-def test_other_devices_are_predicted_with_a_band_never_measured_here(tiny_onnx, tmp_path, monkeypatch) -> None:
+def test_other_devices_are_predicted_with_a_band_never_measured_here(tiny_onnx, rates_cache, monkeypatch) -> None:
     from edgeprune.budgets import Budget, check, verdicts
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # host rates are measured into this cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))  # host rates are measured into this cache
     with pytest.raises(ProfileError, match="not this host"):
         profile(tiny_onnx, "x86-avx2-server", runs=1)
     lines, rpi = check(tiny_onnx, "rpi5", Budget(latency_ms=10_000, memory_mb=10_000), seq_len=16, runs=5)
     value, low, high = rpi.latency("p90")
     assert rpi.predicted and rpi.threads == 4 and low < value < high and rpi.host.threads == 1
-    assert list(tmp_path.glob("edgeprune/host-rates-*-1t.json"))
+    assert list(rates_cache.glob("edgeprune/host-rates-*-1t.json"))
     assert [line.status for line in lines] == ["PASS", "PASS"] and lines[0].predicted
     # judged on that one prediction's band (another estimate of a sub-millisecond model can move by 2x here)
     for budget, status in ((high * 2, "PASS"), (low / 2, "FAIL"), (value, "UNCERTAIN")):

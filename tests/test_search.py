@@ -136,7 +136,8 @@ def test_html_report_renders_in_chromium(impossible_run, tmp_path) -> None:
     assert pixels.shape[0] >= 1000 and pixels.std() > 10  # drawn, not a blank page
 
 
-def test_search_on_a_predicted_device_reports_a_band(tiny_bert_dir, tmp_path) -> None:
+def test_search_on_a_predicted_device_reports_a_band(tiny_bert_dir, tmp_path, rates_cache, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))
     out = tmp_path / "run"
     result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--profile", "rpi5",
                                  "--latency-ms", "50", *FAST])

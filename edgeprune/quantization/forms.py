@@ -76,6 +76,29 @@ def static_int8(src: Path, dst: Path, scheme: Int8Scheme, calibration: list[Feed
     return dst
 
 
+INT4_BLOCK = 32
+"""Weights per int4 scale: onnxruntime-genai's default for CPU; smaller blocks keep more accuracy, larger ones less
+space."""
+
+
+def weight_only_int4(src: Path, dst: Path, block_size: int = INT4_BLOCK, *, embeddings: bool = True) -> Path:
+    """onnxruntime's int4 weight-only form of ``src``: MatMul weights in symmetric blocks of ``block_size``
+    (``MatMulNBits``, int8 arithmetic where the CPU has it) and, with ``embeddings``, the token-embedding table
+    (``GatherBlockQuantized``) — the largest tensor of a small encoder or an LLM. Activations stay fp32: the saving
+    is bytes, which is what bounds a decoder's per-token step and what a phone's storage counts."""
+    from onnxruntime.quantization import matmul_nbits_quantizer, quant_utils
+
+    config = matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=True, accuracy_level=4, quant_format=quant_utils.QuantFormat.QOperator,
+        op_types_to_quantize=("MatMul", "Gather") if embeddings else ("MatMul",),
+        quant_axes=(("MatMul", 0), ("Gather", 1)), bits=4)
+    with quiet():
+        quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=config)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+    return dst
+
+
 def compute_op_types(onnx_path: Path) -> list[str]:
     """The ``COMPUTE_OPS`` present in the graph, in that order."""
     present = {node.op_type for node in onnx.load(str(onnx_path), load_external_data=False).graph.node}
