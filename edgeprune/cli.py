@@ -310,7 +310,7 @@ def quantize_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the quantized model.")] = Path("int8"),
     profile: ProfileOpt = "host",
 ) -> None:
-    """Dynamic int8 in the fastest form for the target (never slower than fp32)."""
+    """int8 or int4 in the fastest form for the target (never slower than fp32; decoders: by decode ms/token)."""
     from edgeprune.quantization import quantize
 
     result = quantize(model, out_dir, profile)

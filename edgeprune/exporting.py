@@ -24,6 +24,7 @@ from edgeprune.files import staged_dir
 from edgeprune.models.base import IMAGE
 from edgeprune.models.loading import (
     SENTENCE_TRANSFORMERS_FILES,
+    TOKENIZER_FILES,
     LoadedModel,
     copy_model_files,
     drop_remote_code,
@@ -78,6 +79,8 @@ def export(model: LoadedModel | Path | str | None, out_dir: Path | str, *, input
         _optimum_export(loaded, tmp, opset)
         if loaded.modality == IMAGE:
             _pin_image_size(tmp / ONNX_FILE, loaded.model.config)
+        if not any((tmp / name).is_file() for name in TOKENIZER_FILES + ("preprocessor_config.json",)):
+            loaded.processor.save_pretrained(tmp)  # optimum leaves out some (a GGUF model's tokenizer)
         copy_model_files(loaded.path, tmp, SENTENCE_TRANSFORMERS_FILES)
         drop_remote_code(tmp / "config.json")
         if loaded.plan is not None:

@@ -46,6 +46,7 @@ def test_smollm2_from_gguf_prunes_exports_with_its_cache_and_generates(smollm2, 
     exported = export(pruned, out, inputs=[PROMPT])
     assert exported.decode_steps == 8
     assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 2
+    assert (out / "tokenizer.json").is_file()  # optimum's export leaves a GGUF model's tokenizer out
 
     from optimum.onnxruntime import ORTModelForCausalLM
 

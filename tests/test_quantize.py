@@ -148,6 +148,6 @@ def test_the_fastest_faithful_form_is_chosen_and_every_other_noted() -> None:
 
 
 def test_an_unknown_form_is_a_bad_argument(tiny_onnx, tmp_path) -> None:
-    with pytest.raises(BadArgumentError, match=r"unknown int8 form\(s\) \['int4'\]"):
-        quantize(tiny_onnx, tmp_path / "int8", "host", forms=("int8", "int4"))
+    with pytest.raises(BadArgumentError, match=r"unknown quantized form\(s\) \['int2'\]"):
+        quantize(tiny_onnx, tmp_path / "int8", "host", forms=("int8", "int2"))
     assert not (tmp_path / "int8").exists()

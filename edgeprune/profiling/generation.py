@@ -89,3 +89,19 @@ def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int)
         past = runtime.next_cache(outputs, result)
         ids, length = result[0][:, -1].argmax(-1)[:, None].astype(np.int64), length + 1
     return times[0], times[1:]
+
+
+def compare_decode(onnx_paths: list[Path], threads: int, *, prompt_tokens: int = 32, new_tokens: int = 32,
+                   rounds: int = 3) -> list[LatencyStats]:
+    """Decode ms/token of several decoders side by side: each round generates with every model in turn, so drift
+    hits all alike; judged by the stability rules like any other comparison."""
+    per_model: list[list[list[float]]] = [[] for _ in onnx_paths]
+    windows = []
+    for _ in range(rounds):
+        start = health.snapshot()
+        for samples, path in zip(per_model, onnx_paths):
+            samples.append(measure_generation(path, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
+                                              rounds=1).decode.samples_ms)
+        windows.append(health.sharing(start, health.snapshot()))
+    sharing = health.merge(windows)
+    return [measure.judged(samples, sharing, 0, 0.0, 1, measure.RULES) for samples in per_model]

@@ -1,4 +1,4 @@
-"""ONNX → int8 with onnxruntime, in the form that is fastest on the target and never slower than fp32.
+"""ONNX → int8 / int4 with onnxruntime, in the form that is fastest on the target and never slower than fp32.
 
 Candidates are dynamic int8 of the exported graph, dynamic int8 of the graph fused by
 onnxruntime's transformer optimizer (Attention, SkipLayerNorm, BiasGelu), and static int8
@@ -11,6 +11,11 @@ this class of machine, two-thread ones are not) against the fp32 parent. When th
 several compute op types (Conv and Gemm, say), the winner is retried with each of them left in
 fp32, since int8 can lose speed on one and win on the other. The fastest is kept — fp32 itself
 when no int8 form beats it — and every decision is a note.
+
+int4 weight-only (``MatMulNBits`` + ``GatherBlockQuantized`` embeddings) is a candidate too.
+A decoder LLM exported with its key/value cache is judged on what its user waits for per
+token — decode ms/token, side by side — among fp32, dynamic int8 and int4 (fusion and static
+int8 are encoder forms).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from edgeprune.errors import BadArgumentError, ModelLoadError
 from edgeprune.files import atomic_write_json, model_files, size_mb, staged_dir
 from edgeprune.int8 import Int8Scheme, dynamic_int8, int8_scheme
 from edgeprune.models.loading import TOKENIZER_FILES, copy_model_files
+from edgeprune.profiling.generation import compare_decode
 from edgeprune.profiling.measure import LatencyStats, compare_latency, speedup_interval
 from edgeprune.quantization.fidelity import first_outputs, mean_cosine, node_damage
 from edgeprune.quantization.forms import (
@@ -39,14 +45,18 @@ from edgeprune.quantization.forms import (
     fuse_transformer,
     max_abs_diff,
     static_int8,
+    weight_only_int4,
 )
 from edgeprune.quiet import quiet
 
 MANIFEST = "manifest.json"
 """Written beside the quantized model: its source, the chosen form, and every file copied from the source folder."""
 
-FORMS = ("int8", "int8-fused", "int8-static", "int8-static-qop")
-"""The int8 candidates: dynamic, dynamic after transformer fusion, static QDQ, static QOperator."""
+FORMS = ("int8", "int8-fused", "int8-static", "int8-static-qop", "int4")
+"""The candidates: dynamic int8, dynamic int8 after transformer fusion, static int8 QDQ and QOperator, int4
+weight-only."""
+DECODER_FORMS = ("int8", "int4")
+"""The candidates for a decoder LLM with its key/value cache."""
 
 MIN_FIDELITY = 0.9
 """An int8 candidate whose outputs fall below this mean cosine to its fp32 parent is rejected however fast it is:
@@ -65,15 +75,15 @@ FUSION_ATOL = 1e-3
 class QuantizeResult:
     onnx_path: Path
     chosen: str
-    """``int8``, ``int8-fused``, ``int8-static``, ``int8-static-qop`` (possibly with an op type left in fp32), or
-    ``fp32`` when no int8 form was faster."""
+    """``int8``, ``int8-fused``, ``int8-static``, ``int8-static-qop`` (possibly with an op type left in fp32),
+    ``int4``, or ``fp32`` when no quantized form was faster."""
     form: str
     """The form ``chosen`` is made in: one of ``FORMS``, or ``fp32`` (``chosen`` names the op type fallback too)."""
     scheme: Int8Scheme
     size_before_mb: float
     size_after_mb: float
     p50_ms: dict[str, float]
-    """One-thread p50 of every candidate that kept quality, measured side by side."""
+    """One-thread p50 of every candidate that kept quality, measured side by side (a decoder's: ms/token)."""
     fidelity: dict[str, float] = field(default_factory=dict)
     """Mean output cosine of every candidate to the fp32 model on the check inputs."""
     excluded_nodes: list[str] = field(default_factory=list)
@@ -150,11 +160,14 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     """
     unknown = sorted(set(forms) - set(FORMS))
     if unknown:
-        raise BadArgumentError(f"unknown int8 form(s) {unknown}", f"use some of: {', '.join(FORMS)}")
+        raise BadArgumentError(f"unknown quantized form(s) {unknown}", f"use some of: {', '.join(FORMS)}")
     onnx_path = Path(onnx_path)
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     sess = runtime.session(onnx_path)  # fails early, with a clear error, on a missing or corrupt model
     scheme = int8_scheme(device)
+    decoder = runtime.takes_cache(onnx_path)
+    if decoder:
+        forms = [form for form in forms if form in DECODER_FORMS]
     out_dir = Path(out_dir)
     with staged_dir(out_dir, inputs=model_files(onnx_path)) as tmp:
         work = tmp / "candidates"
@@ -178,14 +191,15 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         def timed() -> dict[str, LatencyStats]:
             """One side-by-side comparison of every candidate that keeps quality decides."""
             names = keeping_quality(found.fidelity, min_fidelity)
-            stats = compare_latency([found.paths[name] for name in names], threads=1, rounds=rounds, runs=runs,
-                                    seq_len=seq_len)
+            paths = [found.paths[name] for name in names]
+            stats = compare_decode(paths, threads=1, rounds=rounds) if decoder else compare_latency(
+                paths, threads=1, rounds=rounds, runs=runs, seq_len=seq_len)
             return dict(zip(names, stats))
 
         stats = timed()
         winner = choose_form(_p50(stats), found.fidelity, min_fidelity).chosen
         ops = compute_op_types(onnx_path)
-        if winner != "fp32" and len(ops) > 1:
+        if winner not in ("fp32", "int4") and len(ops) > 1:  # int4 is weight-only MatMul: no op types to trade
             variants = op_type_variants(winner, ops, onnx_path, found, work, scheme, static)
             found.paths.update(variants)
             found.fidelity.update({name: fidelity_of(path) for name, path in variants.items()})
@@ -234,6 +248,8 @@ def build_candidates(onnx_path: Path, work: Path, forms: Sequence[str], scheme: 
     found = Candidates(paths={"fp32": onnx_path}, fidelity={"fp32": 1.0})
     if "int8" in forms:
         found.paths["int8"] = dynamic_int8(onnx_path, work / "int8.onnx", scheme)
+    if "int4" in forms:
+        found.paths["int4"] = weight_only_int4(onnx_path, work / "int4.onnx")
     if "int8-fused" in forms:
         found.fused = _fused(onnx_path, work / "fused.onnx", found.notes)
         if found.fused is not None:
