@@ -294,7 +294,9 @@ def export_command(
     model: ModelDir = None,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for model.onnx + config + tokenizer.")] = Path(
         "onnx"),
-    atol: Annotated[float, typer.Option(help="Max abs difference allowed against PyTorch.")] = 1e-4,
+    atol: Annotated[float | None, typer.Option(
+        help="Max abs difference allowed against PyTorch, × max(1, largest output) (default 1e-4; decoders 1e-3).")
+    ] = None,
 ) -> None:
     """Export to ONNX (dynamic batch and sequence) and check parity against PyTorch on real text."""
     from edgeprune.exporting import export
