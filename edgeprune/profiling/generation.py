@@ -57,10 +57,7 @@ def measure_generation(onnx_path: Path, threads: int, *, prompt_tokens: int = DE
     them followed by ``new_tokens`` greedy decode steps (one short warm-up generation first); the session stays
     open across rounds, as an app's would."""
     rules = rules or measure.RULES
-    sess = runtime.session(onnx_path, threads=threads)
-    prompt = runtime.synthetic_feed(sess, 1, prompt_tokens, seed)["input_ids"]
-    outputs = [o.name for o in sess.get_outputs()]
-    generate(sess, outputs, prompt, min(new_tokens, 4))  # warm-up
+    sess, outputs, prompt = _warmed(onnx_path, threads, prompt_tokens, new_tokens, seed)
     prefill: list[list[float]] = []
     decode: list[list[float]] = []
     windows = []
@@ -75,6 +72,16 @@ def measure_generation(onnx_path: Path, threads: int, *, prompt_tokens: int = DE
     return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                            prefill=measure.judged(prefill, sharing, 0, 0.0, 1, rules),
                            decode=measure.judged(decode, sharing, 0, 0.0, 1, rules))
+
+
+def _warmed(onnx_path: Path, threads: int, prompt_tokens: int, new_tokens: int,
+            seed: int) -> tuple[Any, list[str], np.ndarray]:
+    """A session, its output names and a seeded random prompt, after one short warm-up generation."""
+    sess = runtime.session(onnx_path, threads=threads)
+    prompt = runtime.synthetic_feed(sess, 1, prompt_tokens, seed)["input_ids"]
+    outputs = [o.name for o in sess.get_outputs()]
+    generate(sess, outputs, prompt, min(new_tokens, 4))
+    return sess, outputs, prompt
 
 
 def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
@@ -93,15 +100,16 @@ def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int)
 
 def compare_decode(onnx_paths: list[Path], threads: int, *, prompt_tokens: int = 32, new_tokens: int = 32,
                    rounds: int = 3) -> list[LatencyStats]:
-    """Decode ms/token of several decoders side by side: each round generates with every model in turn, so drift
-    hits all alike; judged by the stability rules like any other comparison."""
+    """Decode ms/token of several decoders side by side: each round generates once with every model in turn (one
+    session alive at a time), so drift hits all alike; judged by the stability rules like any other comparison."""
     per_model: list[list[list[float]]] = [[] for _ in onnx_paths]
     windows = []
     for _ in range(rounds):
         start = health.snapshot()
         for samples, path in zip(per_model, onnx_paths):
-            samples.append(measure_generation(path, threads, prompt_tokens=prompt_tokens, new_tokens=new_tokens,
-                                              rounds=1).decode.samples_ms)
+            sess, outputs, prompt = _warmed(path, threads, prompt_tokens, new_tokens, 0)
+            samples.append(generate(sess, outputs, prompt, new_tokens)[1])
+            del sess
         windows.append(health.sharing(start, health.snapshot()))
     sharing = health.merge(windows)
     return [measure.judged(samples, sharing, 0, 0.0, 1, measure.RULES) for samples in per_model]
