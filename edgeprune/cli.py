@@ -451,7 +451,8 @@ def profiles_validate(path: Annotated[Path, typer.Argument(help="Profile YAML fi
     device = parse_profile(path)
     figures = _quantities(device.model_dump(exclude_none=True))
     kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(collections.Counter(figures).items()))
-    out.print(f"{path}: valid profile '{device.name}' — {len(figures)} figures ({kinds})", highlight=False)
+    out.print(f"{path}: valid profile '{device.name}' — {len(figures)} figures ({kinds})", highlight=False,
+              soft_wrap=True)
 
 
 def _quantities(data: Any) -> list[str]:
