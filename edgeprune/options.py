@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from edgeprune.errors import BadArgumentError
 
-CRITERIA = ("magnitude", "activation", "taylor", "fisher")
+CRITERIA = ("magnitude", "activation", "fluctuation", "taylor", "fisher")
 ALLOCATIONS = ("uniform", "global")
 ACCUMULATIONS = ("sum", "ema")
-RECOVERY_METHODS = ("none", "lstsq", "distill")
+RECOVERY_METHODS = ("none", "bias", "lstsq", "distill")
 
 
 @dataclass(frozen=True)

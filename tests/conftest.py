@@ -68,11 +68,9 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path) -> 
 
 
 @pytest.fixture(scope="session")
-def tiny_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
-    """A tiny Llama (GQA: 4 query heads over 2 key/value heads, 64 positions) exported with its KV cache."""
+def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    """A tiny Llama checkpoint (GQA: 4 query heads over 2 key/value heads, 64 positions) with a WordPiece tokenizer."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from edgeprune.exporting import export
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny-decoder")
@@ -81,7 +79,15 @@ def tiny_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path
                      ).save_pretrained(folder)
     AutoTokenizer.from_pretrained(minilm_dir, model_input_names=["input_ids", "attention_mask"]).save_pretrained(
         folder)
-    return export(folder, tmp_path_factory.mktemp("tiny-decoder-onnx") / "onnx").onnx_path
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_onnx(tmp_path_factory: pytest.TempPathFactory, tiny_decoder_dir: Path) -> Path:
+    """``tiny_decoder_dir`` exported with its KV cache."""
+    from edgeprune.exporting import export
+
+    return export(tiny_decoder_dir, tmp_path_factory.mktemp("tiny-decoder-onnx") / "onnx").onnx_path
 
 
 @pytest.fixture(scope="session")

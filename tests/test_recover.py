@@ -11,7 +11,7 @@ from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_
 from edgeprune.models.plan import LayerPlan, PruningPlan
 from edgeprune.models.slicing import dense_shape
 from edgeprune.options import PruneOptions
-from edgeprune.pruning import apply_plan, prune
+from edgeprune.pruning import apply_plan, make_plan, prune
 from edgeprune.pruning.calibration import calibration_batches
 from edgeprune.pruning.recover import distill, least_squares, recover
 
@@ -121,7 +121,9 @@ def test_recovery_needs_calibration_and_a_known_method(calibration_texts, tiny_b
         PruneOptions(recover="retrain")
     with pytest.raises(PlanError, match="distill-steps"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.processor, calibration_texts[:4]), "distill", distill_steps=0)
+                calibration_batches(dense.processor, calibration_texts[:4]), "distill",
+                make_plan(dense.model, keep_flops=0.5), distill_steps=0)
     with pytest.raises(PlanError, match="at least 2 calibration batches"):
         recover(dense.model, copy.deepcopy(dense.model), adapter_for(dense.model),
-                calibration_batches(dense.processor, calibration_texts[:4]), "lstsq")
+                calibration_batches(dense.processor, calibration_texts[:4]), "lstsq",
+                make_plan(dense.model, keep_flops=0.5))

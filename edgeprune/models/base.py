@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from edgeprune.errors import PlanError
+
 POST_NORM, PRE_NORM = "post-norm", "pre-norm"
 TEXT, IMAGE = "text", "image"
 
@@ -114,6 +116,9 @@ class ModelAdapter(ABC):
     modality: ClassVar[str] = TEXT
     """``text`` (token ids in) or ``image`` (pixel values in)."""
     residual: ClassVar[str] = POST_NORM
+    uniform_attention: ClassVar[bool] = False
+    """Whether every layer must keep the same number of attention units (a decoder's exported key/value cache
+    declares one head count for all layers)."""
     pooling: ClassVar[str] = "mean"
     """How token states become one vector for fidelity: ``mean`` over real tokens, or ``cls``."""
 
@@ -124,6 +129,14 @@ class ModelAdapter(ABC):
     @abstractmethod
     def set_num_heads(self, layer: TransformerLayer, num_units: int) -> None:
         """Update the attributes the attention ``forward`` reads after units were sliced."""
+
+    def add_output_biases(self, model: nn.Module) -> None:
+        """Make sure every attention- and FFN-output projection has a bias (bias compensation writes into it), in a
+        way a checkpoint's config records so the pruned model reloads. Families built with biases need nothing."""
+        if any(p.bias is None for layer in self.layers(model) for p in (layer.attn_out, layer.ffn_out)):
+            raise PlanError(f"{self.family} models have no bias on their output projections and their config "
+                            "cannot add one, so bias compensation has nowhere to write",
+                            "use --recover lstsq (a bias-free re-fit) instead")
 
     def auto_class(self, config: dict[str, Any]) -> tuple[type, str]:
         """The transformers Auto class that loads a checkpoint with this ``config``, and its optimum task."""

@@ -63,11 +63,11 @@ def measure_generation(onnx_path: Path, threads: int, *, prompt_tokens: int = DE
     windows = []
     for _ in range(rounds):
         start = health.snapshot()
-        alone = [generate(sess, outputs, prompt, 0)[0] for _ in range(PREFILLS_PER_ROUND - 1)]
-        first, steps = generate(sess, outputs, prompt, new_tokens)
+        alone = [generate(sess, outputs, prompt, 0).prefill_ms for _ in range(PREFILLS_PER_ROUND - 1)]
+        last = generate(sess, outputs, prompt, new_tokens)
         windows.append(health.sharing(start, health.snapshot()))
-        prefill.append([*alone, first])
-        decode.append(steps)
+        prefill.append([*alone, last.prefill_ms])
+        decode.append(last.step_ms)
     sharing = health.merge(windows)
     return GenerationStats(prompt_tokens=prompt_tokens, new_tokens=new_tokens,
                            prefill=measure.judged(prefill, sharing, 0, 0.0, 1, rules),
@@ -84,10 +84,22 @@ def _warmed(onnx_path: Path, threads: int, prompt_tokens: int, new_tokens: int,
     return sess, outputs, prompt
 
 
-def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
-    """Greedy generation: (prefill ms, ms of each decode step), each step fed the previous ``present`` cache."""
+@dataclass
+class Generated:
+    """One greedy generation: timings and the tokens it chose."""
+
+    prefill_ms: float
+    step_ms: list[float]
+    """ms of each decode step."""
+    tokens: np.ndarray
+    """(batch, 1 + steps): the token chosen after the prefill, then after each step."""
+
+
+def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int) -> Generated:
+    """Greedy generation: a prefill of ``prompt`` then ``new_tokens`` decode steps, each fed the previous ``present``
+    cache."""
     ids, past, length = prompt, {}, prompt.shape[1]
-    times = []
+    times, chosen = [], []
     for _ in range(new_tokens + 1):
         feed = runtime.feed(sess, {**runtime.step_inputs(ids, length), **past})
         start = measure.clock()
@@ -95,7 +107,8 @@ def generate(sess: Any, outputs: list[str], prompt: np.ndarray, new_tokens: int)
         times.append((measure.clock() - start) * 1e3)
         past = runtime.next_cache(outputs, result)
         ids, length = result[0][:, -1].argmax(-1)[:, None].astype(np.int64), length + 1
-    return times[0], times[1:]
+        chosen.append(ids)
+    return Generated(times[0], times[1:], np.concatenate(chosen, axis=1))
 
 
 def compare_decode(onnx_paths: list[Path], threads: int, *, prompt_tokens: int = 32, new_tokens: int = 32,
@@ -108,7 +121,7 @@ def compare_decode(onnx_paths: list[Path], threads: int, *, prompt_tokens: int =
         start = health.snapshot()
         for samples, path in zip(per_model, onnx_paths):
             sess, outputs, prompt = _warmed(path, threads, prompt_tokens, new_tokens, 0)
-            samples.append(generate(sess, outputs, prompt, new_tokens)[1])
+            samples.append(generate(sess, outputs, prompt, new_tokens).step_ms)
             del sess
         windows.append(health.sharing(start, health.snapshot()))
     sharing = health.merge(windows)

@@ -51,6 +51,8 @@ def score(model: nn.Module, criterion: str = "magnitude", batches: Batches | Non
 
 
 DEFAULTS = PruneOptions()
+LOSS_ESTIMATES = ("taylor", "fisher")
+"""Criteria that estimate the loss change of removing a unit: comparable across layers and unit kinds as they are."""
 
 
 @contextlib.contextmanager
@@ -78,7 +80,8 @@ def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: 
     """Score the dense ``model`` (on calibration ``batches`` for data-driven criteria); decide what each layer keeps.
 
     ``allocation`` is ``uniform`` (the same ratio in every layer) or ``global`` (units of all
-    layers ranked together by score per MAC under ``keep_flops``). Pass ``scores`` from
+    layers ranked together under ``keep_flops``: by score per MAC for loss estimates, by
+    standardized score otherwise; attention units stay uniform where the architecture needs it). Pass ``scores`` from
     ``score`` to plan several targets from one scoring run.
     """
     adapter = adapter_for(model)
@@ -86,7 +89,7 @@ def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: 
     batches = list(batches) if batches is not None else None
     if scores is None:
         scores = score(model, criterion, batches, accumulation, seed)
-    layers = _allocate(allocation, scores, target, adapter.layers(model)[0])
+    layers = _allocate(allocation, scores, target, adapter.layers(model)[0], criterion, adapter.uniform_attention)
     texts = 0 if criterion == "magnitude" or not batches else sum(len(next(iter(b.values()))) for b in batches)
     return PruningPlan(layers=layers, dense=dense_shape(model, adapter), criterion=criterion, target=target,
                        seed=seed, accumulate=accumulation.mode, ema_decay=accumulation.decay,
@@ -94,14 +97,15 @@ def make_plan(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: 
 
 
 def _allocate(allocation: str, scores: list[LayerScores], target: dict[str, float], layer: TransformerLayer,
-              seq_len: int = 128) -> tuple[LayerPlan, ...]:
+              criterion: str, uniform_attention: bool, seq_len: int = 128) -> tuple[LayerPlan, ...]:
     if allocation == "uniform":
         return uniform(scores, target["heads_ratio"], target["ffn_ratio"])
     if allocation != "global":
         raise PlanError(f"unknown allocation '{allocation}'", "use uniform or global")
     if "keep_flops" not in target:
         raise PlanError("global allocation needs a FLOPs target", "pass --keep-flops with --allocation global")
-    return global_by_cost(scores, *layer.unit_macs(seq_len), target["keep_flops"])
+    return global_by_cost(scores, *layer.unit_macs(seq_len), target["keep_flops"],
+                          standardize=criterion not in LOSS_ESTIMATES, uniform_heads=uniform_attention)
 
 
 def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: float | None = None,
@@ -126,7 +130,7 @@ def prune(model: nn.Module, *, heads_ratio: float | None = None, ffn_ratio: floa
     adapter = adapter_for(model)
     pruned = apply_plan(copy.deepcopy(model), adapter, plan).eval()
     with _eval_mode(model), _eval_mode(pruned):
-        report = recover(model, pruned, adapter, batches or [], options.recover, options.distill_steps,
+        report = recover(model, pruned, adapter, batches or [], options.recover, plan, options.distill_steps,
                          options.seed, tick)
     if options.recover != "none" and plan.criterion == "magnitude":
         plan = dataclasses.replace(plan, calibration_texts=sum(len(next(iter(b.values()))) for b in batches or ()))

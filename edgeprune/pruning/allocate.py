@@ -38,25 +38,51 @@ def uniform(scores: list[LayerScores], heads_ratio: float, ffn_ratio: float) -> 
     )
 
 
-def global_by_cost(scores: list[LayerScores], head_macs: float, neuron_macs: float,
-                   keep_fraction: float) -> tuple[LayerPlan, ...]:
-    """Rank every head and neuron of the model together by score per MAC and keep the best within budget.
+MIN_LAYER_SHARE = 0.1
+"""Global allocation leaves every layer at least this share of its units of each kind (and one): a layer emptied
+by a global ranking breaks the residual stream's statistics the next layers were trained on (FLAP)."""
 
-    The budget is ``keep_fraction`` of the dense encoder's MACs. Each layer first keeps its
-    best head and best neuron (an empty layer breaks forward); then units are taken in order
-    of importance per MAC while they fit, as in Kwon et al. (2022). Scores must be comparable
-    across layers (Fisher or Taylor are; magnitude roughly is).
+
+def standardized(scores: list[LayerScores]) -> list[LayerScores]:
+    """Scores as z-scores within each layer's heads and within its neurons (FLAP), for criteria whose raw values
+    are not comparable across layers and unit kinds (magnitude, activation, fluctuation)."""
+    def z(values: torch.Tensor) -> torch.Tensor:
+        spread = values.std() if len(values) > 1 else values.new_tensor(0.0)
+        return (values - values.mean()) / (spread if spread > 0 else 1.0)
+    return [LayerScores(z(s.heads.double()), z(s.neurons.double())) for s in scores]
+
+
+def global_by_cost(scores: list[LayerScores], head_macs: float, neuron_macs: float, keep_fraction: float, *,
+                   standardize: bool = False, uniform_heads: bool = False) -> tuple[LayerPlan, ...]:
+    """Rank every head and neuron of the model together and keep the best within budget.
+
+    The budget is ``keep_fraction`` of the dense encoder's MACs. Each layer first keeps its best
+    ``MIN_LAYER_SHARE`` of heads and of neurons (at least one); then units are taken in order of
+    importance per MAC while they fit, as in Kwon et al. (2022) — scores must then be comparable
+    across layers (Fisher or Taylor are) — or, with ``standardize``, in order of their z-score within
+    their layer and kind, as in FLAP. ``uniform_heads`` keeps the same number of attention units in
+    every layer (``keep_fraction`` of them, by score): a decoder's key/value cache is exported with
+    one head count for all layers; the neurons share what is left of the budget.
     """
     if not 0.0 < keep_fraction <= 1.0:
         raise PlanError(f"FLOPs fraction {keep_fraction} is outside (0, 1]", "pass e.g. --keep-flops 0.5")
     budget = keep_fraction * sum(len(s.heads) * head_macs + len(s.neurons) * neuron_macs for s in scores)
-    kept: list[tuple[set[int], set[int]]] = [({top_indices(s.heads, 1)[0]}, {top_indices(s.neurons, 1)[0]})
-                                              for s in scores]
-    spent = len(scores) * (head_macs + neuron_macs)
-    units = [(float(score) / cost, layer, kind, index, cost)
-             for layer, s in enumerate(scores)
-             for kind, values, cost in ((0, s.heads, head_macs), (1, s.neurons, neuron_macs))
-             for index, score in enumerate(values)]
+    ranked = standardized(scores) if standardize else scores
+
+    def least(total: int) -> int:
+        return max(1, math.floor(total * MIN_LAYER_SHARE))
+
+    kept = [(set(top_indices(s.heads, kept_count(len(s.heads), keep_fraction) if uniform_heads
+                             else least(len(s.heads)))),
+             set(top_indices(s.neurons, least(len(s.neurons)))))
+            for s in ranked]
+    spent = sum(len(h) * head_macs + len(n) * neuron_macs for h, n in kept)
+    kinds = ((1, neuron_macs),) if uniform_heads else ((0, head_macs), (1, neuron_macs))
+    units = [(float(values[index]) / (1.0 if standardize else cost), layer, kind, index, cost)
+             for layer, s in enumerate(ranked)
+             for kind, cost in kinds
+             for values in ((s.heads, s.neurons)[kind],)
+             for index in range(len(values))]
     units.sort(key=lambda u: (-u[0], u[1], u[2], u[3]))
     for _, layer, kind, index, cost in units:
         if index in kept[layer][kind]:

@@ -106,7 +106,7 @@ def activation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
 
     @torch.no_grad()
     def one_batch(batch: dict[str, torch.Tensor]) -> list[LayerScores]:
-        with _capture_inputs(layers) as captured:
+        with capture_inputs(layers) as captured:
             model(**batch)
         scores = []
         for layer, (context, ffn_act) in zip(layers, captured):
@@ -115,6 +115,31 @@ def activation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
             head_cols = (layer.attn_out.weight.abs() * col_norm).sum(dim=0)
             neuron_norm = ffn_act[real].float().norm(dim=0)
             neurons = layer.ffn_out.weight.abs().sum(dim=0) * neuron_norm
+            scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.unit_width).sum(dim=1), neurons))
+        return scores
+
+    return accumulation.fold(one_batch(batch) for batch in batches or ())
+
+
+def fluctuation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
+                accumulation: Accumulation = MEAN) -> list[LayerScores]:
+    """FLAP's fluctuation metric at the output projections: Var(X_j) · ‖W_{:,j}‖², summed over a unit's columns.
+
+    A channel whose input barely varies over the calibration tokens can be replaced by its mean
+    (bias compensation, ``recover="bias"``), so what removing it costs is its variance, not its
+    size, carried through the squared norm of the weights that pass it on (An et al., 2024).
+    """
+    layers = adapter.layers(model)
+
+    @torch.no_grad()
+    def one_batch(batch: dict[str, torch.Tensor]) -> list[LayerScores]:
+        with capture_inputs(layers) as captured:
+            model(**batch)
+        scores = []
+        for layer, (context, ffn_act) in zip(layers, captured):
+            real = token_mask(batch, context)
+            head_cols = context[real].float().var(dim=0, correction=0) * layer.attn_out.weight.float().pow(2).sum(0)
+            neurons = ffn_act[real].float().var(dim=0, correction=0) * layer.ffn_out.weight.float().pow(2).sum(0)
             scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.unit_width).sum(dim=1), neurons))
         return scores
 
@@ -174,7 +199,7 @@ def _apply_masks(layers: list[TransformerLayer], masks: list[tuple[torch.Tensor,
 
 
 @contextlib.contextmanager
-def _capture_inputs(layers: list[TransformerLayer]) -> Iterator[list[list[torch.Tensor]]]:
+def capture_inputs(layers: list[TransformerLayer]) -> Iterator[list[list[torch.Tensor]]]:
     """Record the inputs of each layer's attention-output and FFN-output projections."""
     captured: list[list[torch.Tensor]] = [[] for _ in layers]
     hooks = []
@@ -188,8 +213,8 @@ def _capture_inputs(layers: list[TransformerLayer]) -> Iterator[list[list[torch.
             hook.remove()
 
 
-CRITERIA: dict[str, Importance] = {"magnitude": magnitude, "activation": activation, "taylor": taylor,
-                                   "fisher": fisher}
+CRITERIA: dict[str, Importance] = {"magnitude": magnitude, "activation": activation, "fluctuation": fluctuation,
+                                   "taylor": taylor, "fisher": fisher}
 
 
 def criterion(name: str) -> Importance:

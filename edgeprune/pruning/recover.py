@@ -8,8 +8,13 @@ the block output of a pre-norm one). Inputs
 come from the already-recovered pruned model, so each fit also absorbs the error of the
 layers before it. The fit is ridge-regularised towards the current weights; the ridge
 strength is chosen on held-aside calibration batches, and a projection keeps its old
-weights when no fit lowers the held-aside error. Bias compensation is the special case
-of re-fitting only the bias.
+weights when no fit lowers the held-aside error.
+
+``bias`` is FLAP's baseline bias compensation (An et al., 2024): each removed input channel of
+an output projection is replaced by its mean over the dense model's calibration tokens, i.e.
+``W[:, removed] · mean(X[removed])`` is folded into the projection's bias (which the adapter
+adds where the architecture has none). It is exact for channels that do not vary, and costs
+one dense forward pass.
 
 ``distill`` runs a short knowledge distillation from the dense teacher on the same
 unlabeled calibration data (token-state MSE, or logit KL for classifiers and language models),
@@ -29,7 +34,9 @@ from torch import nn
 from edgeprune.errors import PlanError
 from edgeprune.models import ModelAdapter
 from edgeprune.models.base import POST_NORM, token_mask
+from edgeprune.models.plan import PruningPlan
 from edgeprune.options import RECOVERY_METHODS
+from edgeprune.pruning.importance import capture_inputs
 
 DAMPING_GRID = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 """Ridge strengths tried, relative to the mean diagonal of XᵀX; held-aside data picks one."""
@@ -62,6 +69,8 @@ class RecoveryReport:
     distill_steps: int = 0
     distill_loss: tuple[float, float] | None = None
     """Mean distillation loss over the first and the last 10% of steps."""
+    compensated: int = 0
+    """Output projections whose bias absorbed the mean of their removed channels."""
 
     def summary(self) -> dict[str, object]:
         """The figures recorded in the pruning plan."""
@@ -71,6 +80,8 @@ class RecoveryReport:
             data["projections"] = len(self.fits)
             data["held_out_error_before"] = round(sum(f.error_before for f in self.fits) / len(self.fits), 5)
             data["held_out_error_after"] = round(sum(f.error_after for f in self.fits) / len(self.fits), 5)
+        if self.compensated:
+            data["compensated_projections"] = self.compensated
         if self.distill_steps:
             data["distill_steps"] = self.distill_steps
             data["distill_loss_first_last"] = [round(v, 6) for v in self.distill_loss or ()]
@@ -91,19 +102,54 @@ def _check_steps(steps: int) -> None:
 
 
 def recover(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, batches: list[Batch], method: str,
-            distill_steps: int = DISTILL_STEPS, seed: int = 0, tick: Tick | None = None) -> RecoveryReport:
-    """Recover ``pruned`` (in place) towards ``dense`` on calibration ``batches``."""
+            plan: PruningPlan, distill_steps: int = DISTILL_STEPS, seed: int = 0,
+            tick: Tick | None = None) -> RecoveryReport:
+    """Recover ``pruned`` (made from ``dense`` by ``plan``) in place towards ``dense`` on calibration ``batches``."""
     check_recovery(method, distill_steps)
     report = RecoveryReport(method)
     if method == "none":
         return report
     if not batches:
         raise PlanError(f"--recover {method} needs calibration text and got none", "pass --calibration FILE")
+    if method == "bias":
+        report.compensated = compensate_bias(dense, pruned, adapter, batches, plan)
+        return report
     report.fits = least_squares(dense, pruned, adapter, batches, tick)
     if method == "distill":
         report.distill_steps = distill_steps
         report.distill_loss = distill(dense, pruned, batches, distill_steps, seed=seed, tick=tick)
     return report
+
+
+@torch.no_grad()
+def compensate_bias(dense: nn.Module, pruned: nn.Module, adapter: ModelAdapter, batches: list[Batch],
+                    plan: PruningPlan) -> int:
+    """Fold the mean contribution of every removed output-projection input channel into that projection's bias
+    (see the module docstring); returns how many projections changed."""
+    dense_layers = adapter.layers(dense)
+    sums = [[torch.zeros(p.in_features, dtype=torch.float64) for p in (d.attn_out, d.ffn_out)] for d in dense_layers]
+    count = 0
+    for batch in batches:
+        with capture_inputs(dense_layers) as captured:
+            dense(**batch)
+        real = token_mask(batch, captured[0][0])
+        count += int(real.sum())
+        for layer_sums, inputs in zip(sums, captured):
+            for total, x in zip(layer_sums, inputs):
+                total += x[real].double().sum(dim=0)
+    adapter.add_output_biases(pruned)
+    changed = 0
+    for d, p, kept, layer_sums in zip(dense_layers, adapter.layers(pruned), plan.layers, sums):
+        kept_cols = (torch.tensor(kept.heads)[:, None] * d.unit_width + torch.arange(d.unit_width)).flatten()
+        for dense_proj, proj, cols, total in ((d.attn_out, p.attn_out, kept_cols, layer_sums[0]),
+                                              (d.ffn_out, p.ffn_out, torch.tensor(kept.neurons), layer_sums[1])):
+            removed = torch.ones(dense_proj.in_features, dtype=torch.bool)
+            removed[cols] = False
+            if removed.any():
+                shift = dense_proj.weight.double()[:, removed] @ (total[removed] / count)
+                proj.bias += shift.to(proj.bias.dtype)
+                changed += 1
+    return changed
 
 
 @torch.no_grad()
@@ -327,9 +373,12 @@ def distill(teacher: nn.Module, student: nn.Module, batches: list[Batch], steps:
 
 def _distill_loss(target: object, output: object, attention_mask: torch.Tensor | None) -> torch.Tensor:
     logits = getattr(target, "logits", None)
-    if logits is not None:
-        return nn.functional.kl_div(output.logits.log_softmax(-1), logits.log_softmax(-1), log_target=True,
-                                    reduction="batchmean")
+    if logits is not None:  # KL per input (a classifier) or per real token (a language model), averaged
+        kl = nn.functional.kl_div(output.logits.log_softmax(-1), logits.log_softmax(-1), log_target=True,
+                                  reduction="none").sum(-1)
+        if kl.dim() == 2:
+            kl = kl[token_mask({"attention_mask": attention_mask} if attention_mask is not None else {}, kl)]
+        return kl.mean()
     tokens = token_mask({"attention_mask": attention_mask} if attention_mask is not None else {}, target[0])
     return nn.functional.mse_loss(output[0][tokens], target[0][tokens])
 

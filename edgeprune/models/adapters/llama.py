@@ -21,6 +21,7 @@ class LlamaAdapter(ModelAdapter):
     family = "llama"
     model_types = ("llama", "qwen2", "mistral")
     residual = PRE_NORM
+    uniform_attention = True
 
     def layers(self, model: nn.Module) -> list[TransformerLayer]:
         result = []
@@ -38,6 +39,21 @@ class LlamaAdapter(ModelAdapter):
 
     def set_num_heads(self, layer: TransformerLayer, num_units: int) -> None:
         """Nothing to update: the forward reshapes by head_dim and the query/key-value ratio is unchanged."""
+
+    def add_output_biases(self, model: nn.Module) -> None:
+        """Llama's config switches biases on per module kind (``attention_bias``: q, k, v, o; ``mlp_bias``: gate,
+        up, down), so all of them get one, zero except where compensation writes. Qwen2 and Mistral hard-code
+        o_proj and down_proj without a bias: refused by the base class."""
+        config = model.config
+        if config.model_type != "llama":
+            return super().add_output_biases(model)
+        config.attention_bias = config.mlp_bias = True
+        for layer in model.base_model.layers:
+            attention, mlp = layer.self_attn, layer.mlp
+            for linear in (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
+                           mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+                if linear.bias is None:
+                    linear.bias = nn.Parameter(torch.zeros(linear.out_features, dtype=linear.weight.dtype))
 
     def auto_class(self, config: dict[str, Any]) -> tuple[type, str]:
         from transformers import AutoModel, AutoModelForCausalLM
