@@ -94,26 +94,29 @@ def verdicts(result: ProfileResult, budget: Budget, budget_doubts: Sequence[str]
         value, low, high = result.latency(budget.percentile)
         line = Verdict(f"latency_{budget.percentile}", budget.latency_ms, value, "ms",
                        judge(budget.latency_ms, low, high), result.device, low, high, result.predicted)
-        doubts = [*result.timing_doubts, *budget_doubts]
-        if doubts:
-            line = dataclasses.replace(line, status=UNCERTAIN, reason="; ".join(doubts))
-        elif line.status == UNCERTAIN:
-            line = dataclasses.replace(line, reason="the predicted band straddles the budget")
-        lines.append(line)
+        lines.append(_with_reason(line, [*result.timing_doubts, *budget_doubts]))
     if budget.tokens_per_s is not None:
         value, low, high = result.tokens_per_s()
         # a floor: judged as a ceiling on its inverse, seconds per token
         line = Verdict("decode_tokens_per_s", budget.tokens_per_s, value, "tokens/s",
                        judge(1 / budget.tokens_per_s, 1 / high, 1 / low), result.device, low, high,
                        result.predicted, higher_is_better=True)
-        if result.timing_doubts:
-            line = dataclasses.replace(line, status=UNCERTAIN, reason="; ".join(result.timing_doubts))
-        lines.append(line)
+        lines.append(_with_reason(line, result.timing_doubts))
     if budget.memory_mb is not None:
         value, low, high = result.memory()
         lines.append(Verdict("peak_memory", budget.memory_mb, value, "MiB", judge(budget.memory_mb, low, high),
                              result.device, low, high, result.predicted))
     return lines
+
+
+def _with_reason(line: Verdict, doubts: Sequence[str]) -> Verdict:
+    """A timed line is UNCERTAIN, with why, when its figures cannot be trusted; a band that straddles the budget
+    says so."""
+    if doubts:
+        return dataclasses.replace(line, status=UNCERTAIN, reason="; ".join(doubts))
+    if line.status == UNCERTAIN:
+        return dataclasses.replace(line, reason="the predicted band straddles the budget")
+    return line
 
 
 def check(onnx_path: Path | str, device: str, budget: Budget, *, threads: int | None = None, batch: int = 1,

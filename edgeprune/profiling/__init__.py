@@ -2,10 +2,11 @@
 
 On the ``host`` profile everything is measured here (``profile``). Any other profile gets an
 ``Estimate`` (``estimate``): the model is measured here at one thread, per operator, and
-moved to the device by ``predict``; every figure carries its error band. Both answer the same
-questions (``ProfileResult``: ``latency(percentile)`` and ``memory()`` as (value, low, high),
-``device``, ``predicted``), so budgets, the search and the CLI never ask which one they hold;
-``measure_or_predict`` gives whichever the device allows.
+moved to the device by ``predict`` (a decoder's decode steps by ``decode``, from memory
+bandwidth); every figure carries its error band. Both answer the same questions
+(``ProfileResult``: ``latency(percentile)``, ``memory()`` and a decoder's ``tokens_per_s()`` as
+(value, low, high), ``device``, ``predicted``), so budgets, the search and the CLI never ask
+which one they hold; ``measure_or_predict`` gives whichever the device allows.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from edgeprune import runtime
 from edgeprune.devices import DeviceProfile, available_profiles, load_profile
 from edgeprune.errors import ProfileError
 from edgeprune.files import size_mb
+from edgeprune.profiling.decode import decode_traffic, predict_decode
 from edgeprune.profiling.generation import DEFAULT_NEW_TOKENS, GenerationStats, measure_generation
 from edgeprune.profiling.health import HostHealth, check_health
 from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency, speedup_interval
@@ -116,8 +118,7 @@ class Measurement:
     def tokens_per_s(self) -> Figure:
         """(value, value, value) decode tokens/s at the median step."""
         if self.generation is None:
-            raise ProfileError(f"'{self.model}' does not generate: it is not a decoder exported with its key/value "
-                               "cache", "budget tokens/s only for decoder LLMs (edgeprune export of a …ForCausalLM)")
+            raise _not_a_decoder(self.model)
         value = self.generation.tokens_per_s
         return value, value, value
 
@@ -140,6 +141,11 @@ class Measurement:
         }
 
 
+def _not_a_decoder(model: str) -> ProfileError:
+    return ProfileError(f"'{model}' does not generate: it is not a decoder exported with its key/value cache",
+                        "budget tokens/s only for decoder LLMs (edgeprune export of a …ForCausalLM)")
+
+
 MEMORY_BAND_OTHER_DEVICE = 0.15
 """Peak memory is the same onnxruntime build allocating the same tensors; weight packing differs per ISA
 (assumed band)."""
@@ -155,6 +161,8 @@ class Estimate:
     """The predicted median latency with its band."""
     host: Measurement
     """This host at one thread: the basis of the prediction, the latency tail's shape, and peak memory."""
+    decode: Prediction | None = None
+    """A decoder's predicted decode ms/token with its band (``latency`` stays its prefill); None for other models."""
 
     @property
     def predicted(self) -> bool:
@@ -162,7 +170,7 @@ class Estimate:
 
     @property
     def basis(self) -> list[str]:
-        return self.prediction.basis
+        return [*self.prediction.basis, *(self.decode.basis if self.decode else [])]
 
     @property
     def size_mb(self) -> float:
@@ -182,8 +190,12 @@ class Estimate:
         return p.latency_ms * tail, p.low_ms * tail, p.high_ms * tail
 
     def tokens_per_s(self) -> Figure:
-        raise ProfileError(f"decode tokens/s is measured on this host only; no prediction for '{self.device}' yet",
-                           "check --tokens-per-s on the host profile")
+        """(value, low, high) decode tokens/s: 1000 / the predicted ms/token, so the band's ends swap (its low end
+        is the slowest decode, ``high_ms``)."""
+        if self.decode is None:
+            raise _not_a_decoder(self.host.model)
+        d = self.decode
+        return 1e3 / d.latency_ms, 1e3 / d.high_ms, 1e3 / d.low_ms
 
     def memory(self) -> Figure:
         """(value, low, high) peak MiB over baseline."""
@@ -199,19 +211,30 @@ class Estimate:
             value, low, high = self.memory()
             data["memory_mb"] = {"peak_over_baseline_mb": round(value, 2), "low": round(low, 2),
                                  "high": round(high, 2), "band": MEMORY_BAND_OTHER_DEVICE}
+        if self.decode is not None:
+            value, low, high = self.tokens_per_s()
+            data["decode_ms_per_token"] = self.decode.to_dict()
+            data["tokens_per_s"] = {"value": round(value, 3), "low": round(low, 3), "high": round(high, 3)}
         return data
 
 
 def estimate(onnx_path: Path | str, device: DeviceProfile | str, *, threads: int | None = None, batch: int = 1,
-             seq_len: int = 128, runs: int = 100, warmup: int = 20, memory: bool = True) -> Estimate:
-    """Predict ``onnx_path`` on ``device`` from one-thread measurements on this host."""
+             seq_len: int = 128, runs: int = 100, warmup: int = 20, memory: bool = True,
+             new_tokens: int = DEFAULT_NEW_TOKENS) -> Estimate:
+    """Predict ``onnx_path`` on ``device`` from one-thread measurements on this host; a decoder's decode ms/token
+    too, from its ``new_tokens`` decode steps measured here after a ``seq_len`` prompt."""
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     host = profile(onnx_path, "host", threads=1, batch=batch, seq_len=seq_len, runs=runs, warmup=warmup,
-                   memory=memory)
+                   memory=memory, new_tokens=new_tokens)
     ops = profile_operators(onnx_path, threads=1, batch=batch, seq_len=seq_len)
     threads = threads or device.runtime.threads
     prediction = predict_latency(ops, device, threads=threads, measured_ms=host.latency_stats.p50)
-    return Estimate(device=device.name, threads=threads, prediction=prediction, host=host)
+    decode = None
+    if (generation := host.generation) is not None:
+        context = generation.prompt_tokens + (generation.new_tokens - 1) / 2  # the cache's mean length over the steps
+        decode = predict_decode(decode_traffic(onnx_path), generation.decode.p50, context, device, threads=threads,
+                                forward_ratio=prediction.latency_ms / host.latency_stats.p50)
+    return Estimate(device=device.name, threads=threads, prediction=prediction, host=host, decode=decode)
 
 
 def profile(onnx_path: Path | str, device: DeviceProfile | str = "host", *, threads: int | None = None,
@@ -243,12 +266,13 @@ def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "hos
                        batch: int = 1, seq_len: int = 128, runs: int = 100, memory: bool = True,
                        new_tokens: int = DEFAULT_NEW_TOKENS) -> ProfileResult:
     """``onnx_path`` measured when ``device`` is this host, else predicted with its band: what can be known of it
-    from here (a decoder's generation is measured on this host only, for now)."""
+    from here."""
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
     if device.is_host:
         return profile(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory,
                        new_tokens=new_tokens)
-    return estimate(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory)
+    return estimate(onnx_path, device, threads=threads, batch=batch, seq_len=seq_len, runs=runs, memory=memory,
+                    new_tokens=new_tokens)
 
 
 __all__ = ["DEFAULT_NEW_TOKENS", "DeviceProfile", "Estimate", "Figure", "GenerationStats", "HostHealth",

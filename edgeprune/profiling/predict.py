@@ -87,7 +87,7 @@ def predict_latency(ops: OperatorProfile, device: DeviceProfile, *, threads: int
         band = calibration.band.value
         basis = [f"calibrated on {len(calibration.anchors)} on-device measurement(s): ±{band:.0%}"]
     else:
-        band, basis = _band(device, threads, ops.threads, host, scale.soft_figures)
+        band, basis = error_band(device, threads, ops.threads, host, scale.soft_figures)
     return Prediction(device=device.name, threads=threads, latency_ms=total, band=band, basis=basis,
                       per_class_ms=dict(per_class))
 
@@ -124,12 +124,7 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
         return _Scale(source, target.rate, measured, 1.0, [])
     one = rates(1)
     cluster = device.cluster
-    soft = [name for name, q in _figures(device) if q is not None and q.kind in ("assumed", "derived")]
-    soft.append("GEMM efficiency")
-    scaling = device.calibration.thread_scaling.value if device.calibration.thread_scaling else DEFAULT_THREAD_SCALING
-    if device.calibration.thread_scaling is None:
-        soft.append("thread scaling")
-    parallel = 1 + (threads - 1) * scaling
+    parallel = thread_speedup(device, threads)
     # This host's peaks from what its GEMMs reach (its clock under load is not reliably visible in a VM).
     host_fp32 = max(g.fp32_gflops for g in one.gemm) * 1e9 / GEMM_EFFICIENCY
     host_int8 = max(g.int8_gops for g in one.gemm) * 1e9 / GEMM_EFFICIENCY
@@ -140,15 +135,9 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     def gemm(op_type: str, work: float, reduction: float, is_int8: bool) -> float:
         return one.rate(op_type, work, reduction, is_int8) * (int8 if is_int8 else fp32) * parallel
 
-    memory = device.memory
-    if memory.bandwidth_measured is not None:
-        bandwidth = memory.bandwidth_measured.to("GB/s")
-    elif memory.bandwidth_theoretical is not None:
-        bandwidth = memory.bandwidth_theoretical.to("GB/s") * DRAM_EFFICIENCY
-        soft.append("DRAM efficiency")
-    else:
+    bandwidth = dram_bandwidth(device)
+    if bandwidth is None:
         bandwidth = one.bandwidth_gbs * fp32
-        soft.append("bandwidth (none in the profile)")
     # cache-resident element-wise nodes: this host's element-wise rate, scaled by the cores' vector rate
     cache = source.bandwidth_gbs / (one.bandwidth_gbs * fp32 * parallel)
     dram = source.bandwidth_gbs / bandwidth
@@ -156,7 +145,38 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     def moved(traffic: float, _rowwise: bool) -> float:  # no probes on the device: both kinds scale alike
         return dram if traffic >= DRAM_BOUND_BYTES else cache
 
-    return _Scale(source, gemm, moved, clock, soft)
+    return _Scale(source, gemm, moved, clock, soft_figures(device))
+
+
+def thread_speedup(device: DeviceProfile, threads: int) -> float:
+    """How many one-thread cores' worth of GEMM work ``threads`` threads do on ``device``: each added thread adds
+    the profile's calibrated parallel efficiency (``DEFAULT_THREAD_SCALING`` when it has none)."""
+    scaling = device.calibration.thread_scaling
+    return 1 + (threads - 1) * (scaling.value if scaling is not None else DEFAULT_THREAD_SCALING)
+
+
+def dram_bandwidth(device: DeviceProfile) -> float | None:
+    """GB/s one process streams from ``device``'s DRAM: the profile's measured figure, else ``DRAM_EFFICIENCY`` of
+    its theoretical one; None when the profile gives neither."""
+    memory = device.memory
+    if memory.bandwidth_measured is not None:
+        return memory.bandwidth_measured.to("GB/s")
+    if memory.bandwidth_theoretical is not None:
+        return memory.bandwidth_theoretical.to("GB/s") * DRAM_EFFICIENCY
+    return None
+
+
+def soft_figures(device: DeviceProfile) -> list[str]:
+    """What a prediction for ``device`` rests on that is assumed or derived, not measured: its own figures of those
+    kinds, the GEMM efficiency, an uncalibrated thread scaling, a bandwidth not measured (each widens the band)."""
+    soft = [name for name, q in _figures(device) if q is not None and q.kind in ("assumed", "derived")]
+    soft.append("GEMM efficiency")
+    if device.calibration.thread_scaling is None:
+        soft.append("thread scaling")
+    if device.memory.bandwidth_measured is None:
+        soft.append("DRAM efficiency" if device.memory.bandwidth_theoretical is not None
+                    else "bandwidth (none in the profile)")
+    return soft
 
 
 def _figures(device: DeviceProfile) -> list[tuple[str, Quantity | None]]:
@@ -167,8 +187,10 @@ def _figures(device: DeviceProfile) -> list[tuple[str, Quantity | None]]:
             ("bandwidth", device.memory.bandwidth_measured or device.memory.bandwidth_theoretical)]
 
 
-def _band(device: DeviceProfile, threads: int, source_threads: int, host: DeviceProfile,
-          soft: list[str]) -> tuple[float, list[str]]:
+def error_band(device: DeviceProfile, threads: int, source_threads: int, host: DeviceProfile,
+               soft: list[str]) -> tuple[float, list[str]]:
+    """(relative half-width, why): by the distance from this host (same setup, other threads, same or other ISA
+    family), plus ``BAND_PER_SOFT_FIGURE`` for each of ``soft``, at most ``MAX_BAND``."""
     if device.is_host:
         if threads == source_threads:
             return BAND_SAME_SETUP, ["measured on this host with the same threads"]
