@@ -311,11 +311,19 @@ def quantize_command(
     model: OnnxFile,
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for the quantized model.")] = Path("int8"),
     profile: ProfileOpt = "host",
+    int4_block: Annotated[int | None, typer.Option(
+        help="int4 candidate: MatMul weights per scale, 16, 32, 64, 128 or 256 (default 128); larger blocks make a "
+             "smaller file and keep less accuracy.")] = None,
+    int4_embedding_block: Annotated[int | None, typer.Option(
+        help="int4 candidate: embedding-table rows per scale, for each hidden unit; a power of two >= 16 "
+             "(default 1024).")] = None,
 ) -> None:
     """int8 or int4 in the fastest form for the target (never slower than fp32; decoders: by decode ms/token)."""
-    from edgeprune.quantization import quantize
+    from edgeprune.quantization import Int4Options, quantize
 
-    result = quantize(model, out_dir, profile)
+    blocks = {"block_size": int4_block, "embedding_block": int4_embedding_block}
+    int4 = Int4Options(**{name: value for name, value in blocks.items() if value is not None})
+    result = quantize(model, out_dir, profile, int4=int4)
     timings = ", ".join(f"{k} {v:.2f} ms" for k, v in result.p50_ms.items())
     out.print(f"{result.onnx_path}: {result.chosen} ({result.scheme.reason}); size {result.size_before_mb:.1f} → "
               f"{result.size_after_mb:.1f} MB; 1-thread p50: {timings}")

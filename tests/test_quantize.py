@@ -5,13 +5,16 @@ import onnx
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from edgeprune import runtime
+from edgeprune.cli import app
 from edgeprune.devices import Cluster, Cpu, DeviceProfile, Memory, Quantity, Runtime, load_profile
 from edgeprune.errors import BadArgumentError
 from edgeprune.exporting import export_module
 from edgeprune.quantization import (
     FORMS,
+    Int4Options,
     choose_form,
     first_outputs,
     int8_scheme,
@@ -20,6 +23,7 @@ from edgeprune.quantization import (
     static_int8,
 )
 from edgeprune.quantization.fidelity import node_damage
+from edgeprune.quantization.forms import weight_only_int4
 
 
 def _device(arch: str, isa: list[str]) -> DeviceProfile:
@@ -151,3 +155,51 @@ def test_an_unknown_form_is_a_bad_argument(tiny_onnx, tmp_path) -> None:
     with pytest.raises(BadArgumentError, match=r"unknown quantized form\(s\) \['int2'\]"):
         quantize(tiny_onnx, tmp_path / "int8", "host", forms=("int8", "int2"))
     assert not (tmp_path / "int8").exists()
+
+
+def _blocks(onnx_path) -> dict[str, set[int]]:
+    """The ``block_size`` attribute of every int4 node, by op type."""
+    found: dict[str, set[int]] = {}
+    for node in onnx.load(str(onnx_path)).graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            found.setdefault(node.op_type, set()).add(onnx.helper.get_node_attr_value(node, "block_size"))
+    return found
+
+
+def test_int4_blocks_reach_the_written_nodes(tiny_onnx, tmp_path) -> None:
+    chosen = weight_only_int4(tiny_onnx, tmp_path / "chosen.onnx", Int4Options(block_size=16, embedding_block=64))
+    assert _blocks(chosen) == {"MatMulNBits": {16}, "GatherBlockQuantized": {64}}
+    # the tiny BERT's shortest weight column has 48 rows: the default MatMul block (128) would be mostly zero padding
+    default = weight_only_int4(tiny_onnx, tmp_path / "default.onnx")
+    assert _blocks(default) == {"MatMulNBits": {32}, "GatherBlockQuantized": {Int4Options().embedding_block}}
+    feed = runtime.synthetic_feed(runtime.session(tiny_onnx), 2, 16)
+    reference = first_outputs(tiny_onnx, [feed])
+    assert mean_cosine(reference, first_outputs(chosen, [feed])) > 0.95
+    assert mean_cosine(reference, first_outputs(default, [feed])) > 0.95
+
+
+def test_larger_int4_blocks_make_a_smaller_file(tiny_onnx, tmp_path) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 256)
+    mlp = export_module(nn.Linear(256, 64, bias=False), tmp_path / "mlp" / "model.onnx", x).onnx_path
+    small, large = (weight_only_int4(mlp, tmp_path / f"mlp-{block}.onnx", Int4Options(block_size=block))
+                    for block in (32, 128))
+    assert _blocks(large)["MatMulNBits"] == {128}
+    assert large.stat().st_size < small.stat().st_size
+    small, large = (weight_only_int4(tiny_onnx, tmp_path / f"bert-{block}.onnx", Int4Options(embedding_block=block))
+                    for block in (16, 1024))
+    assert large.stat().st_size < small.stat().st_size
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), [("--int4-block", 48, "block_size"),
+                                                       ("--int4-block", 512, "block_size"),
+                                                       ("--int4-embedding-block", 8, "embedding_block"),
+                                                       ("--int4-embedding-block", 100, "embedding_block")])
+def test_a_bad_int4_block_is_a_clear_error(tiny_onnx, tmp_path, flag, value, field) -> None:
+    with pytest.raises(BadArgumentError, match=f"^{flag} {value} is not"):
+        Int4Options(**{field: value})
+    result = CliRunner().invoke(app, ["quantize", str(tiny_onnx), "--out", str(tmp_path / "q"), flag, str(value)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {flag} {value} is not") and "pass" in lines[0]
+    assert not (tmp_path / "q").exists()

@@ -39,8 +39,10 @@ from edgeprune.profiling.generation import compare_decode
 from edgeprune.profiling.measure import LatencyStats, compare_latency, speedup_interval
 from edgeprune.quantization.fidelity import first_outputs, mean_cosine, node_damage
 from edgeprune.quantization.forms import (
+    INT4_DEFAULTS,
     STATIC_METHODS,
     Feed,
+    Int4Options,
     compute_op_types,
     fuse_transformer,
     max_abs_diff,
@@ -147,7 +149,8 @@ Fidelity = Callable[[Path], float]
 def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile | str = "host", *,
              seq_len: int = 128, rounds: int = 3, runs: int = 30, calibration: list[Feed] | None = None,
              check: list[Feed] | None = None, static_method: str = "minmax",
-             min_fidelity: float = MIN_FIDELITY, forms: Sequence[str] = FORMS) -> QuantizeResult:
+             min_fidelity: float = MIN_FIDELITY, forms: Sequence[str] = FORMS,
+             int4: Int4Options = INT4_DEFAULTS) -> QuantizeResult:
     """Write the fastest int8 form that keeps quality to ``out_dir/model.onnx`` — fp32 when none is faster.
 
     Static candidates take activation ranges from ``calibration`` (input feeds; by default the
@@ -156,7 +159,8 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
     (default: the parity sentences for text models, else the calibration feeds) is rejected,
     after static ones have tried leaving their most damaging nodes in fp32; the rest are timed
     side by side with fp32 and the fastest is written. Every decision is in ``notes``. ``forms`` limits the
-    int8 candidates (a search quantizing many prunings of one model tries only the form that won the first).
+    int8 candidates (a search quantizing many prunings of one model tries only the form that won the first);
+    ``int4`` sizes the int4 candidate's blocks.
     """
     unknown = sorted(set(forms) - set(FORMS))
     if unknown:
@@ -186,7 +190,7 @@ def quantize(onnx_path: Path | str, out_dir: Path | str, device: DeviceProfile |
         static = functools.partial(static_int8, onnx_path, scheme=scheme, calibration=calibration,
                                    method=static_method, cache=work / "calibration-ranges.json")
         found = build_candidates(onnx_path, work, forms, scheme, calibration, static, fidelity_of, min_fidelity,
-                                 checks)
+                                 checks, int4=int4)
 
         def timed() -> dict[str, LatencyStats]:
             """One side-by-side comparison of every candidate that keeps quality decides."""
@@ -242,14 +246,14 @@ def timing_notes(stats: dict[str, LatencyStats], chosen: str) -> list[str]:
 
 def build_candidates(onnx_path: Path, work: Path, forms: Sequence[str], scheme: Int8Scheme,
                      calibration: list[Feed], static: StaticForm, fidelity_of: Fidelity, min_fidelity: float,
-                     checks: list[Feed]) -> Candidates:
-    """The int8 ``forms`` of ``onnx_path`` (written in ``work``) with their fidelity; static ones leave their most
-    damaging nodes in fp32 first when below ``min_fidelity``."""
+                     checks: list[Feed], *, int4: Int4Options = INT4_DEFAULTS) -> Candidates:
+    """The int8 and int4 ``forms`` of ``onnx_path`` (written in ``work``; int4 in ``int4``'s blocks) with their
+    fidelity; static ones leave their most damaging nodes in fp32 first when below ``min_fidelity``."""
     found = Candidates(paths={"fp32": onnx_path}, fidelity={"fp32": 1.0})
     if "int8" in forms:
         found.paths["int8"] = dynamic_int8(onnx_path, work / "int8.onnx", scheme)
     if "int4" in forms:
-        found.paths["int4"] = weight_only_int4(onnx_path, work / "int4.onnx")
+        found.paths["int4"] = weight_only_int4(onnx_path, work / "int4.onnx", int4)
     if "int8-fused" in forms:
         found.fused = _fused(onnx_path, work / "fused.onnx", found.notes)
         if found.fused is not None:
@@ -363,6 +367,6 @@ def _copy_external_data(model_path: Path, dst_dir: Path) -> list[str]:
     return sorted(names)
 
 
-__all__ = ["FORMS", "MIN_FIDELITY", "STATIC_METHODS", "Candidates", "Feed", "FormChoice", "Int8Scheme",
+__all__ = ["FORMS", "MIN_FIDELITY", "STATIC_METHODS", "Candidates", "Feed", "FormChoice", "Int4Options", "Int8Scheme",
            "QuantizeResult", "build_candidates", "choose_form", "dynamic_int8", "first_outputs", "int8_scheme",
            "keeping_quality", "mean_cosine", "op_type_variants", "quantize", "static_int8"]
