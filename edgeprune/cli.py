@@ -297,12 +297,35 @@ def export_command(
     atol: Annotated[float | None, typer.Option(
         help="Max abs difference allowed against PyTorch, × max(1, largest output) (default 1e-4; decoders 1e-3).")
     ] = None,
+    genai: Annotated[bool, typer.Option(
+        "--genai", help="Decoder LLMs: also write the onnxruntime-genai bundle (model + genai_config.json + "
+                        "tokenizer) to OUT/genai, beside model.onnx, and compare one greedy generation through it "
+                        "with PyTorch's. Needs the llm extra.")] = False,
+    genai_precision: Annotated[str, typer.Option(help="Weights of the --genai bundle: int4 or fp32.")] = "int4",
 ) -> None:
     """Export to ONNX (dynamic batch and sequence) and check parity against PyTorch on real text."""
     from edgeprune.exporting import export
+    from edgeprune.genai import check_genai_support, export_genai
+    from edgeprune.models.loading import load_model
 
-    result = export(model, out_dir, atol=atol)
+    loaded = load_model(model)
+    if genai:
+        check_genai_support(loaded, genai_precision)  # before the export's minutes of work
+    result = export(loaded, out_dir, atol=atol)
     out.print(f"{result.onnx_path}: parity max |Δ| = {result.max_abs_diff:.2e} on {result.parity_texts} padded texts")
+    if genai:
+        bundle = export_genai(loaded, out_dir / "genai", precision=genai_precision)
+        check = bundle.check
+        out.print(f"{bundle.out_dir}: onnxruntime-genai bundle, {bundle.precision}, {bundle.size_mb:.1f} MB",
+                  highlight=False, soft_wrap=True)
+        out.print(f"greedy generation of {check.compared} tokens: PyTorch's first {check.same_prefix} "
+                  f"({check.prefix_agreement:.0%}), {check.agreement:.0%} of positions the same", highlight=False,
+                  soft_wrap=True)
+        out.print(f"onnxruntime-genai: {check.prompt!r} → {check.text!r}", highlight=False, markup=False,
+                  soft_wrap=True)
+        if not check.same_prompt_ids:
+            out.print("[yellow]the bundle's tokenizer encodes the prompt differently from the model's[/]; an app "
+                      "using it feeds the model other tokens")
 
 
 @app.command("quantize")

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"report"},
     {"search"},
-    {"exporting", "quantization", "pruning"},
+    {"exporting", "genai", "quantization", "pruning"},
     {"budgets", "evaluate"},
     {"profiling", "models"},
     {"runtime", "files", "data", "int8", "options", "provenance"},
