@@ -54,15 +54,18 @@ NewTokensOpt = Annotated[int, typer.Option(help="Decoder LLMs: tokens generated 
 KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs to keep (0-1].")]
 HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
-Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, activation, taylor, fisher.")]
-Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (by score per MAC).")]
+Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, activation, fluctuation (FLAP), "
+                                             "taylor, fisher.")]
+Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (all layers ranked together: "
+                                              "by score per MAC for taylor/fisher, by standardized score otherwise).")]
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
 EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
 Calibration = Annotated[Path | None, typer.Option(
     help="Calibration data: a text file, one text per line (default: built-in sentences), or for an image model a "
          "folder of images (every 4th is held out for fidelity).")]
-Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, lstsq (re-fit output projections), "
-                                             "distill (lstsq, then distillation from the dense model).")]
+Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, bias (FLAP: removed channels' means "
+                                             "folded into a bias), lstsq (re-fit output projections), distill (lstsq, "
+                                             "then distillation from the dense model).")]
 DistillSteps = Annotated[int, typer.Option(help="Distillation steps with --recover distill.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
@@ -195,6 +198,10 @@ def optimize(
         help="Latency budget (ms) at --percentile. Without a pruning target, search for the least pruning that "
              "meets it.")] = None,
     memory_mb: Annotated[float | None, typer.Option(help="Peak inference memory budget (MiB).")] = None,
+    tokens_per_s: Annotated[float | None, typer.Option(
+        help="Decoder LLMs: least decode tokens/s. Without a pruning target, search for the least pruning that "
+             "meets it.")] = None,
+    new_tokens: NewTokensOpt = 128,
     min_speedup: Annotated[float, typer.Option(help="Without --latency-ms: required speedup over dense fp32.")] = 2.0,
     max_quality_drop: Annotated[float | None, typer.Option(
         help="Search: most quality a candidate may lose (STS-B points with --stsb, else 1 - cosine).")] = None,
@@ -214,21 +221,25 @@ def optimize(
                            distill_steps=distill_steps, seed=seed)
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, prune=options, latency_ms=latency_ms,
-                                memory_mb=memory_mb, min_speedup=min_speedup,
+                                memory_mb=memory_mb, tokens_per_s=tokens_per_s, new_tokens=new_tokens,
+                                min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
                                 stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop)
     with _progress() as stage:
         result = run_pipeline(settings, out_dir, stage=stage)
     out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
     table = Table(title="edgeprune optimize")
+    decoder = result.rows[0].measurement.generation is not None
     for column in ("model", "p50 ms", "p90 ms", "speedup", "MB", "peak MiB", "cosine"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    if stsb:
-        table.add_column("STS-B", justify="right")
+    for column in (["ms/token", "tokens/s"] if decoder else []) + (["STS-B"] if stsb else []):
+        table.add_column(column, justify="right")
     for row in result.rows:
         m = row.measurement
         cells = [row.name, f"{m.latency('p50')[0]:.2f}", f"{m.latency('p90')[0]:.2f}", row.speedup_text(),
                  f"{m.size_mb:.1f}", f"{m.memory()[0]:.0f}", f"{row.fidelity:.4f}"]
+        if decoder:
+            cells += [f"{m.generation.decode.p50:.2f}", f"{m.generation.tokens_per_s:.1f}"]
         table.add_row(*cells, *([f"{row.stsb_spearman:.2f}"] if stsb else []))
     out.print(table)
     stages = result.manifest["stages"]
@@ -238,6 +249,10 @@ def optimize(
               f"batch {settings.batch}, seq {seq_len}")
     if "search" in stages:
         out.print(f"search: {stages['search']['advice']}", highlight=False, soft_wrap=True)
+    if "decode_search" in stages:
+        tried = ", ".join(f"keep {c['keep_flops']:.2f}: {c['tokens_per_s']:.1f} tokens/s"
+                          for c in stages["decode_search"]["candidates"])
+        out.print(f"search (int4 decode, beside dense int4): {tried}", highlight=False, soft_wrap=True)
     _print_verdicts(result.verdicts)
     out.print(f"run directory: {result.out_dir}  (run.json, report.html, report.md, report.json; "
               f"{result.manifest['wall_seconds']} s)")

@@ -25,7 +25,17 @@ from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.base import TEXT
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.options import PruneOptions, check_measurement, check_percentile, check_positive, check_target
-from edgeprune.profiling import HostHealth, Measurement, check_health, compare_latency, estimate, load_profile
+from edgeprune.profiling import (
+    DEFAULT_NEW_TOKENS,
+    GenerationStats,
+    HostHealth,
+    Measurement,
+    check_health,
+    compare_latency,
+    estimate,
+    load_profile,
+)
+from edgeprune.profiling.generation import compare_decode
 from edgeprune.profiling.measure import speedup_interval
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.profiling.operators import profile_operators
@@ -34,10 +44,12 @@ from edgeprune.pruning import kept_macs_fraction
 from edgeprune.pruning.calibration import calibration_items
 from edgeprune.pruning.loaded import prune_loaded
 from edgeprune.quantization import QuantizeResult, quantize
+from edgeprune.quantization.forms import weight_only_int4
 from edgeprune.report import write_reports
 from edgeprune.report.build import report_from
 from edgeprune.report.schema import speedup_text
 from edgeprune.search import SearchResult, search
+from edgeprune.search.decode import search_decode
 
 DEFAULT_OUT = Path("edgeprune-out")
 DEFAULT_KEEP_FLOPS = 2 / 3
@@ -66,6 +78,11 @@ class OptimizeSettings:
     """How units are scored, allocated and recovered (the same object the CLI's ``prune`` builds)."""
     latency_ms: float | None = None
     memory_mb: float | None = None
+    tokens_per_s: float | None = None
+    """Decoders: the least decode throughput. Without a pruning target, search for the least pruning that meets
+    it (``search.decode``)."""
+    new_tokens: int = DEFAULT_NEW_TOKENS
+    """Decoders: tokens generated after the ``seq_len``-token prompt when measuring decode."""
     min_speedup: float = DEFAULT_MIN_SPEEDUP
     """With no --latency-ms, the budget is the dense fp32 latency divided by this."""
     percentile: str = "p90"
@@ -81,17 +98,24 @@ class OptimizeSettings:
         """Refuse every bad value before any work starts (not after minutes of pruning)."""
         check_target(self.keep_flops, self.heads_ratio, self.ffn_ratio)
         check_percentile(self.percentile)
-        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb, min_speedup=self.min_speedup,
-                       max_quality_drop=self.max_quality_drop)
+        check_positive(latency_ms=self.latency_ms, memory_mb=self.memory_mb, tokens_per_s=self.tokens_per_s,
+                       min_speedup=self.min_speedup, max_quality_drop=self.max_quality_drop,
+                       new_tokens=self.new_tokens)
         check_measurement(self.threads, self.batch, self.seq_len, self.runs)
 
     def searches(self) -> bool:
         """A latency budget without a fixed pruning target: search for the setting that meets it."""
-        return self.latency_ms is not None and self.keep_flops is None and self.heads_ratio is None \
-            and self.ffn_ratio is None
+        return self.latency_ms is not None and not self._targeted()
+
+    def searches_decode(self) -> bool:
+        """A decoder's tokens/s budget without a fixed pruning target (and no latency search)."""
+        return self.tokens_per_s is not None and self.latency_ms is None and not self._targeted()
+
+    def _targeted(self) -> bool:
+        return self.keep_flops is not None or self.heads_ratio is not None or self.ffn_ratio is not None
 
     def pruning_target(self) -> dict[str, float | None]:
-        if self.keep_flops is None and self.heads_ratio is None and self.ffn_ratio is None:
+        if not self._targeted():
             return {"keep_flops": DEFAULT_KEEP_FLOPS, "heads_ratio": None, "ffn_ratio": None}
         return {"keep_flops": self.keep_flops, "heads_ratio": self.heads_ratio, "ffn_ratio": self.ffn_ratio}
 
@@ -151,6 +175,9 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
         if settings.searches() and dense.modality != TEXT:
             raise BadArgumentError("the budgeted search (--latency-ms without a pruning target) supports text models",
                                    "pass --keep-flops (or --heads-ratio/--ffn-ratio) with --latency-ms")
+        if settings.tokens_per_s is not None and not dense.task.startswith("text-generation"):
+            raise BadArgumentError("--tokens-per-s is a decoder budget and this model does not generate text",
+                                   "use --latency-ms for an encoder")
         items = calibration_items(dense, settings.prune.calibration)
     parity_inputs = None if dense.modality == TEXT else items[1]
     out_dir = Path(out_dir)
@@ -158,7 +185,9 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
     with staged_dir(out_dir, inputs=[dense.path]) as tmp:
         with stage("Exporting the dense baseline to ONNX"):
             dense_export = export(dense, tmp / "dense-onnx", inputs=parity_inputs)
-            runtime.check_seq_len(dense_export.onnx_path, settings.seq_len)  # before minutes of pruning
+            decoder = runtime.takes_cache(dense_export.onnx_path)
+            # before minutes of pruning: the prompt and what is generated after it must fit the context
+            runtime.check_seq_len(dense_export.onnx_path, settings.seq_len + (settings.new_tokens if decoder else 0))
         t0 = time.perf_counter()
         if settings.searches():
             with stage(f"Searching for the best model within {settings.latency_ms:g} ms {settings.percentile}"):
@@ -169,6 +198,21 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                                memory_mb=settings.memory_mb)
                 pruned, pruned_export, quant = _adopt(found, tmp)
                 figures["search"] = found.to_dict()
+        elif settings.searches_decode():
+            with stage(f"Searching for the least pruning that decodes {settings.tokens_per_s:g} tokens/s (int4)"):
+                dense_int4 = weight_only_int4(dense_export.onnx_path, tmp / "dense.int4.onnx")
+                found_decode = search_decode(dense, settings.tokens_per_s, dense_int4, tmp / "search",
+                                             options=settings.prune, threads=threads, prompt_tokens=settings.seq_len,
+                                             new_tokens=settings.new_tokens)
+                pruned = found_decode.kept
+                shutil.move(found_decode.exported.onnx_path.parent, tmp / "onnx")
+                pruned_export = dataclasses.replace(found_decode.exported,
+                                                    onnx_path=tmp / "onnx" / found_decode.exported.onnx_path.name)
+                shutil.rmtree(tmp / "search")
+                dense_int4.unlink()
+                figures["decode_search"] = found_decode.to_dict()
+            with stage("Quantizing (timing candidates)"):
+                quant = quantize(pruned_export.onnx_path, tmp / "int8", device, seq_len=settings.seq_len)
         else:
             recover = settings.prune.recover
             recovering = "" if recover == "none" else f" and recovering ({recover})"
@@ -203,10 +247,10 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                 baseline = None if settings.latency_ms is not None else estimate(
                     dense_export.onnx_path, device, seq_len=settings.seq_len, memory=False)
                 shipped = estimate(quant.onnx_path, device, seq_len=settings.seq_len,
-                                   memory=settings.memory_mb is not None)
+                                   memory=settings.memory_mb is not None, new_tokens=settings.new_tokens)
                 figures["prediction"] = shipped.to_dict()
         budget = _budget(settings, None if baseline is None else baseline.latency(settings.percentile)[0])
-        derived = settings.latency_ms is None and settings.memory_mb is None
+        derived = settings.latency_ms is None and settings.memory_mb is None and settings.tokens_per_s is None
         budget_doubts = [f"the budget is derived from the dense fp32 {settings.percentile}, which cannot be trusted"
                          ] if derived and baseline is not None and baseline.timing_doubts else []
         lines = verdicts(shipped, budget, budget_doubts)
@@ -244,15 +288,23 @@ def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads:
              settings: OptimizeSettings, state: HostHealth) -> dict[str, Measurement]:
     """Latency side by side (interleaved rounds), then peak memory of each in a fresh process."""
     rounds = 4
-    stats = compare_latency(list(models.values()), threads, rounds=rounds, runs=max(1, settings.runs // rounds),
+    paths = list(models.values())
+    stats = compare_latency(paths, threads, rounds=rounds, runs=max(1, settings.runs // rounds),
                             batch=settings.batch, seq_len=settings.seq_len)
+    # a decoder's forward at seq_len is its prefill; its decode steps are timed side by side too
+    new_tokens = settings.new_tokens if runtime.takes_cache(paths[0]) else 0
+    decode = compare_decode(paths, threads, prompt_tokens=settings.seq_len, new_tokens=new_tokens) \
+        if new_tokens else [None] * len(paths)
     host, lib_versions = host_fingerprint(), versions()
     return {
         name: Measurement(model=str(path.relative_to(run_dir)), profile=profile_name, size_mb=size_mb(path),
                           threads=threads, batch=settings.batch, seq_len=settings.seq_len, latency_stats=latency,
-                          memory_stats=measure_peak_memory(path, threads, settings.batch, settings.seq_len),
-                          host=host, versions=lib_versions, health=state)
-        for (name, path), latency in zip(models.items(), stats)
+                          memory_stats=measure_peak_memory(path, threads, settings.batch, settings.seq_len,
+                                                           new_tokens=new_tokens),
+                          host=host, versions=lib_versions, health=state,
+                          generation=None if steps is None else GenerationStats(settings.seq_len, new_tokens, latency,
+                                                                                steps))
+        for (name, path), latency, steps in zip(models.items(), stats, decode)
     }
 
 
@@ -289,9 +341,10 @@ def _feeds(dense: LoadedModel, items: tuple[list[object], list[object]]) -> dict
 def _budget(settings: OptimizeSettings, dense_ms: float | None) -> Budget:
     """The user's budget, or the dense fp32 latency (on the target, at the percentile) / --min-speedup."""
     latency = settings.latency_ms
-    if latency is None and settings.memory_mb is None:
+    if latency is None and settings.memory_mb is None and settings.tokens_per_s is None:
         latency = dense_ms / settings.min_speedup
-    return Budget(latency_ms=latency, memory_mb=settings.memory_mb, percentile=settings.percentile)
+    return Budget(latency_ms=latency, memory_mb=settings.memory_mb, percentile=settings.percentile,
+                  tokens_per_s=settings.tokens_per_s)
 
 
 def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp: Path, figures: dict[str, Any],
@@ -299,7 +352,8 @@ def _manifest(settings: OptimizeSettings, dense: LoadedModel, out_dir: Path, tmp
               held_out: list[object], state: HostHealth) -> dict[str, Any]:
     weights = sorted(p for p in dense.path.iterdir() if p.suffix in (".safetensors", ".bin"))
     outputs = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*.onnx"))
-    budget_source = ("user" if settings.latency_ms is not None or settings.memory_mb is not None
+    budget_source = ("user" if not (settings.latency_ms is None and settings.memory_mb is None
+                                    and settings.tokens_per_s is None)
                      else f"dense fp32 {settings.percentile} / {settings.min_speedup:g}")
     return {
         "edgeprune_run": 1,

@@ -16,7 +16,10 @@ def report_from(manifest: dict[str, Any], plan: PruningPlan) -> Report:
                            peak_memory_mb=(row["memory_mb"] or {}).get("peak_over_baseline_mb"),
                            size_mb=row["size_mb"], speedup=row["speedup"], speedup_interval=row["speedup_interval"],
                            speedup_reliable=row["speedup_reliable"], cosine_fidelity=row["cosine_fidelity"],
-                           stsb_spearman=row["stsb_spearman"]) for row in manifest["models"]]
+                           stsb_spearman=row["stsb_spearman"],
+                           decode_ms_per_token=(row.get("generation") or {}).get("decode_ms_per_token", {}).get("p50"),
+                           tokens_per_s=(row.get("generation") or {}).get("tokens_per_s"))
+              for row in manifest["models"]]
     return Report(
         created=manifest["created"], model=manifest["inputs"]["model"], profile=manifest["settings"]["profile"],
         passed=manifest["passed"], settings=manifest["settings"], versions=manifest["versions"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import io
 
-from edgeprune.report.schema import Report, health_text
+from edgeprune.report.schema import Report, fmt, health_text
 from edgeprune.search import Candidate
 
 STYLE = """
@@ -55,9 +55,14 @@ def _verdict_table(report: Report) -> str:
 
 
 def _models_table(report: Report) -> str:
-    return _table("models", ("model", "p50 ms", "p90 ms", "speedup", "MB", "cosine to dense"), [
+    decoder = any(m.tokens_per_s is not None for m in report.models)
+    return _table("models", ("model", "p50 ms", "p90 ms", "speedup", "MB", "cosine to dense",
+                             *(("ms/token", "tokens/s") if decoder else ())), [
         (html.escape(m.name), f"{m.latency_ms['p50']:.3f}", f"{m.latency_ms['p90']:.3f}", m.speedup_text(),
-         f"{m.size_mb:.1f}", "–" if m.cosine_fidelity is None else f"{m.cosine_fidelity:.4f}") for m in report.models])
+         f"{m.size_mb:.1f}", "–" if m.cosine_fidelity is None else f"{m.cosine_fidelity:.4f}",
+         *((fmt(m.decode_ms_per_token, ".2f"), fmt(m.tokens_per_s, ".1f")) if decoder else ()))
+        for m in report.models])
+
 
 
 def _candidates_table(report: Report) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from edgeprune.report.schema import Report, VerdictLine, health_text
+from edgeprune.report.schema import Report, VerdictLine, fmt, health_text
 
 
 def verdict_table(verdicts: Sequence[VerdictLine | dict[str, Any]]) -> list[str]:
@@ -24,12 +24,13 @@ def render_markdown(report: Report) -> str:
     status = "PASS" if report.passed else "FAIL"
     lines = [f"# edgeprune: {status} — {report.model} on `{report.profile}`", "", health_text(report.host_health),
              "", *verdict_table(report.verdicts)]
-    lines += ["", "| model | p50 ms | p90 ms | speedup | size MB | peak MB | cosine | STS-B |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | p50 ms | p90 ms | speedup | size MB | peak MB | cosine | STS-B | ms/token | tokens/s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for m in report.models:
         lines.append(f"| {m.name} | {m.latency_ms['p50']:.3f} | {m.latency_ms['p90']:.3f} | {m.speedup_text()} "
-                     f"| {m.size_mb:.1f} | {_fmt(m.peak_memory_mb, '.1f')} | {_fmt(m.cosine_fidelity, '.4f')} "
-                     f"| {_fmt(m.stsb_spearman, '.2f')} |")
+                     f"| {m.size_mb:.1f} | {fmt(m.peak_memory_mb, '.1f')} | {fmt(m.cosine_fidelity, '.4f')} "
+                     f"| {fmt(m.stsb_spearman, '.2f')} | {fmt(m.decode_ms_per_token, '.2f')} "
+                     f"| {fmt(m.tokens_per_s, '.1f')} |")
     if report.search is not None:
         s = report.search
         lines += ["", f"**Search** ({s.seconds:.0f} s): {s.advice}", "",
@@ -39,6 +40,3 @@ def render_markdown(report: Report) -> str:
                   f"| {'yes' if c.pareto else ''} | {c.verdict} |" for c in s.candidates]
     return "\n".join(lines) + "\n"
 
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)

@@ -32,10 +32,18 @@ class ModelFigures(_Strict):
         description="spread (CV, p90/p50), rounds kept and re-measured, CPU sharing while timing, reasons")
     cosine_fidelity: float | None
     stsb_spearman: float | None
+    decode_ms_per_token: float | None = Field(
+        description="decoders: p50 ms per generated token, timed side by side (none for encoders)")
+    tokens_per_s: float | None = Field(description="decoders: 1000 / decode_ms_per_token")
 
 
     def speedup_text(self) -> str:
         return speedup_text(self.speedup, self.speedup_interval, self.speedup_reliable)
+
+
+def fmt(value: float | None, spec: str) -> str:
+    """A figure for a table cell; a dash when there is none."""
+    return "–" if value is None else format(value, spec)
 
 
 def speedup_text(speedup: float, interval: Sequence[float] | None, reliable: bool) -> str:
