@@ -102,23 +102,8 @@ def activation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
     ‖X_j‖ is the L2 norm of input channel j over the batch's real (non-padding) tokens, so
     a unit scores high only when it both carries signal and has weight to pass it on.
     """
-    layers = adapter.layers(model)
-
-    @torch.no_grad()
-    def one_batch(batch: dict[str, torch.Tensor]) -> list[LayerScores]:
-        with capture_inputs(layers) as captured:
-            model(**batch)
-        scores = []
-        for layer, (context, ffn_act) in zip(layers, captured):
-            real = token_mask(batch, context)
-            col_norm = context[real].float().norm(dim=0)
-            head_cols = (layer.attn_out.weight.abs() * col_norm).sum(dim=0)
-            neuron_norm = ffn_act[real].float().norm(dim=0)
-            neurons = layer.ffn_out.weight.abs().sum(dim=0) * neuron_norm
-            scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.unit_width).sum(dim=1), neurons))
-        return scores
-
-    return accumulation.fold(one_batch(batch) for batch in batches or ())
+    return _column_scores(model, adapter, batches, accumulation,
+                          lambda x, weight: x.norm(dim=0) * weight.abs().sum(dim=0))
 
 
 def fluctuation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None,
@@ -129,6 +114,14 @@ def fluctuation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None
     (bias compensation, ``recover="bias"``), so what removing it costs is its variance, not its
     size, carried through the squared norm of the weights that pass it on (An et al., 2024).
     """
+    return _column_scores(model, adapter, batches, accumulation,
+                          lambda x, weight: x.var(dim=0, correction=0) * weight.float().pow(2).sum(dim=0))
+
+
+def _column_scores(model: nn.Module, adapter: ModelAdapter, batches: Batches | None, accumulation: Accumulation,
+                   column: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> list[LayerScores]:
+    """Score every input column of the attention- and FFN-output projections with ``column(X, W)`` (X: the
+    column's inputs over a batch's real tokens, W: the projection's weight) and sum a unit's columns."""
     layers = adapter.layers(model)
 
     @torch.no_grad()
@@ -138,9 +131,9 @@ def fluctuation(model: nn.Module, adapter: ModelAdapter, batches: Batches | None
         scores = []
         for layer, (context, ffn_act) in zip(layers, captured):
             real = token_mask(batch, context)
-            head_cols = context[real].float().var(dim=0, correction=0) * layer.attn_out.weight.float().pow(2).sum(0)
-            neurons = ffn_act[real].float().var(dim=0, correction=0) * layer.ffn_out.weight.float().pow(2).sum(0)
-            scores.append(LayerScores(head_cols.reshape(layer.num_heads, layer.unit_width).sum(dim=1), neurons))
+            heads = column(context[real].float(), layer.attn_out.weight)
+            neurons = column(ffn_act[real].float(), layer.ffn_out.weight)
+            scores.append(LayerScores(heads.reshape(layer.num_heads, layer.unit_width).sum(dim=1), neurons))
         return scores
 
     return accumulation.fold(one_batch(batch) for batch in batches or ())
