@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import json
 import os
 import signal
 import sys
@@ -211,6 +212,9 @@ def optimize(
     runs: RunsOpt = 100,
     stsb: Annotated[Path | None, typer.Option(help="STS-B TSV (sts-dev.csv) to report Spearman on.")] = None,
     seed: Seed = 0,
+    package: Annotated[bool, typer.Option(
+        "--package", help="End with the shipped model packaged for --profile in OUT/bundle (as `edgeprune package`: "
+                          "ORT format, reduced-operator config, execution-provider report).")] = False,
 ) -> None:
     """Prune → export → quantize → profile → check, into one run directory with run.json."""
     from edgeprune.pipeline import OptimizeSettings
@@ -224,7 +228,8 @@ def optimize(
                                 memory_mb=memory_mb, tokens_per_s=tokens_per_s, new_tokens=new_tokens,
                                 min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
-                                stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop)
+                                stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop,
+                                package=package)
     with _progress() as stage:
         result = run_pipeline(settings, out_dir, stage=stage)
     out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
@@ -254,6 +259,8 @@ def optimize(
                           for c in stages["decode_search"]["candidates"])
         out.print(f"search (int4 decode, beside dense int4): {tried}", highlight=False, soft_wrap=True)
     _print_verdicts(result.verdicts)
+    if package:
+        _print_bundle(json.loads((result.out_dir / "bundle" / "bundle.json").read_text()), result.out_dir / "bundle")
     out.print(f"run directory: {result.out_dir}  (run.json, report.html, report.md, report.json; "
               f"{result.manifest['wall_seconds']} s)")
     raise typer.Exit(0 if result.passed else EXIT_FAIL)
@@ -367,6 +374,45 @@ def quantize_command(
               f"{result.size_after_mb:.1f} MB; 1-thread p50: {timings}")
     for note in result.notes:
         out.print(f"note: {note}")
+
+
+@app.command("package")
+@handled
+def package_command(
+    model: OnnxFile,
+    profile: ProfileOpt = "android-flagship-sd8gen3",
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory.")] = Path("bundle"),
+    batch: Annotated[int, typer.Option(help="Batch of the fixed-shape variant and of the ORT-vs-ONNX check.")] = 1,
+    seq_len: Annotated[int, typer.Option(help="Sequence length of the fixed-shape variant and of the check.")] = 128,
+    fixed_shapes: Annotated[str, typer.Option(
+        help="Fixed-shape variant: auto (when it makes a listed execution provider worth using), yes, no.")] = "auto",
+) -> None:
+    """Package for a device: ORT-format model, reduced-operator build config, execution-provider partition report
+    (NNAPI / Core ML / XNNPACK, as the profile lists), tokenizer files, bundle.json and a README."""
+    from edgeprune.packaging import PackageOptions, package
+
+    bundle = package(model, profile, out_dir, PackageOptions(batch=batch, seq_len=seq_len, fixed_shapes=fixed_shapes))
+    _print_bundle(bundle.manifest, out_dir)
+
+
+def _print_bundle(manifest: dict[str, Any], out_dir: Path) -> None:
+    table = Table(title=f"execution providers on {manifest['profile']['name']} (nodes of the basic-optimized graph)")
+    for column in ("provider", "nodes taken", "partitions", "verdict", "with fixed shapes"):
+        table.add_column(column, justify="left" if column == "provider" else "right")
+    for ep in manifest["execution_providers"]:
+        fixed = ep["with_fixed_shapes"]
+        table.add_row(ep["provider"], f"{ep['supported_nodes']}/{ep['nodes']}", str(ep["partitions"]), ep["verdict"],
+                      "—" if fixed is None else f"{fixed['supported_nodes']}/{fixed['nodes']} in "
+                                                f"{fixed['partitions']}: {fixed['verdict']}")
+    if manifest["execution_providers"]:
+        out.print(table)
+    for ep in manifest["execution_providers"]:
+        out.print(f"{ep['provider']}: {ep['reason']}", highlight=False, soft_wrap=True)
+    models = ", ".join(f"{m['file']} ({m['size_mb']:.1f} MB, max |Δ| vs ONNX {m['max_abs_diff_vs_onnx']:.1e})"
+                       for m in manifest["models"])
+    out.print(f"{out_dir}: {models}; {manifest['config']['file']} ({manifest['config']['operators']} operators); "
+              f"bundle {manifest['bundle_size_mb']:.1f} MB", highlight=False, soft_wrap=True)
+    out.print(f"fixed-shape variant: {manifest['fixed_shape_variant']['why']}", highlight=False, soft_wrap=True)
 
 
 @app.command("profile")

@@ -133,6 +133,9 @@ class Runtime(_Strict):
     execution_provider: Literal["CPUExecutionProvider"] = "CPUExecutionProvider"
     threads: int = Field(ge=1, description="intra-op threads onnxruntime uses on this device")
     cluster: int = Field(default=0, ge=0, description="index of the cluster the threads run on")
+    mobile_execution_providers: list[Literal["NNAPI", "CoreML", "XNNPACK"]] = Field(
+        default_factory=list, description="accelerated providers an app on this device could use instead of the CPU; "
+                                          "`package` reports how each would partition the model")
 
 
 class Anchor(_Strict):

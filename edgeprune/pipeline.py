@@ -25,6 +25,7 @@ from edgeprune.files import atomic_write_json, sha256_file, size_mb, staged_dir
 from edgeprune.models.base import TEXT
 from edgeprune.models.loading import LoadedModel, load_model, save_pruned
 from edgeprune.options import PruneOptions, check_measurement, check_percentile, check_positive, check_target
+from edgeprune.packaging import PackageOptions, package
 from edgeprune.profiling import (
     DEFAULT_NEW_TOKENS,
     GenerationStats,
@@ -93,6 +94,8 @@ class OptimizeSettings:
     stsb: str | None = None
     max_quality_drop: float | None = None
     """With a searched budget: the most quality a candidate may lose (STS-B points with --stsb, else 1 − cosine)."""
+    package: bool = False
+    """End with the shipped model packaged for the profile (``packaging``) in ``bundle/`` of the run directory."""
 
     def __post_init__(self) -> None:
         """Refuse every bad value before any work starts (not after minutes of pruning)."""
@@ -254,6 +257,13 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
         budget_doubts = [f"the budget is derived from the dense fp32 {settings.percentile}, which cannot be trusted"
                          ] if derived and baseline is not None and baseline.timing_doubts else []
         lines = verdicts(shipped, budget, budget_doubts)
+        if settings.package:
+            with stage(f"Packaging the shipped model for {device.name}"):
+                bundle = package(quant.onnx_path, device, tmp / "bundle",
+                                 PackageOptions(batch=settings.batch, seq_len=settings.seq_len),
+                                 budget_verdicts=[line.to_dict() for line in lines])
+                figures["package"] = {key: bundle.manifest[key] for key in
+                                      ("bundle_size_mb", "models", "execution_providers", "fixed_shape_variant")}
         with stage("Profiling operators and writing the report"):
             figures["op_time_ms"] = _op_times(dense_export.onnx_path, quant.onnx_path, settings.seq_len)
             manifest = _manifest(settings, dense, out_dir, tmp, figures, rows, budget, lines,

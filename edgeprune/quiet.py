@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 
 NOISY_LOGGERS = ("", "optimum", "transformers", "torch.onnx", "onnxruntime", "onnxruntime.transformers",
-                 "onnx_ir", "onnxscript")
+                 "onnx_ir", "onnxscript", "ort_format_model.utils")
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"report"},
     {"search"},
-    {"exporting", "genai", "quantization", "pruning"},
+    {"exporting", "genai", "quantization", "pruning", "packaging"},
     {"budgets", "evaluate"},
     {"profiling", "models"},
     {"runtime", "files", "data", "int8", "options", "provenance"},

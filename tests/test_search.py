@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from edgeprune.cli import app
 from edgeprune.devices import load_profile
+from edgeprune.files import sha256_file
 from edgeprune.models.loading import load_model
 from edgeprune.options import PruneOptions
 from edgeprune.pruning import Accumulation, make_plan
@@ -136,13 +137,22 @@ def test_html_report_renders_in_chromium(impossible_run, tmp_path) -> None:
     assert pixels.shape[0] >= 1000 and pixels.std() > 10  # drawn, not a blank page
 
 
-def test_search_on_a_predicted_device_reports_a_band(tiny_bert_dir, tmp_path, rates_cache, monkeypatch) -> None:
+def test_search_on_a_predicted_device_reports_a_band_and_packages(tiny_bert_dir, tmp_path, rates_cache,
+                                                                  monkeypatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))
     out = tmp_path / "run"
     result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--profile", "rpi5",
-                                 "--latency-ms", "50", *FAST])
+                                 "--latency-ms", "50", "--package", *FAST])
     report = Report.model_validate_json((out / "report.json").read_text())
     assert result.exit_code == (0 if report.passed else 1), result.output
+    # --package: the run ends with the shipped model's bundle for the profile, its verdicts inside
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    run = json.loads((out / "run.json").read_text())
+    assert bundle["source"]["sha256"] == sha256_file(out / run["stages"]["quantize"]["onnx_path"])
+    assert bundle["budget_verdicts"] == run["verdicts"] and bundle["profile"]["name"] == "rpi5"
+    assert [ep["provider"] for ep in bundle["execution_providers"]] == ["XNNPACK"] and "XNNPACK" in result.output
+    assert run["stages"]["package"]["bundle_size_mb"] == bundle["bundle_size_mb"]
+    assert (out / "bundle" / "model.ort").is_file()
     assert report.search is not None and report.search.predicted and report.search.device == "rpi5"
     assert all(c.low_ms < c.latency_ms < c.high_ms for c in report.search.candidates)
     (line,) = report.verdicts
