@@ -26,6 +26,7 @@ from edgeprune.files import atomic_write_json, atomic_write_text, model_files, s
 from edgeprune.packaging.ort_format import convert, copy_model, fixed_shape_copy, ort_path, verified
 from edgeprune.packaging.readme import bundle_readme
 from edgeprune.packaging.usability import EpUsability, analyze, fixing_shapes_helps
+from edgeprune.provenance import versions
 
 OPTIMIZATION_LEVEL = "all"
 """The level of the ORT file: the profile's runtime is onnxruntime's CPU provider, which runs every fusion."""
@@ -118,8 +119,6 @@ def _fixed_variant(report: list[EpUsability], options: PackageOptions, decoder: 
 def _manifest(onnx_path: Path, device: DeviceProfile, models: list[Any], config: Path, report: list[EpUsability],
               fixed: dict[str, Any], carried: list[str], budget_verdicts: list[dict[str, Any]] | None,
               tmp: Path) -> dict[str, Any]:
-    from edgeprune import __version__
-
     entries = []
     for model in models:
         sess = runtime.session(model.ort_path)
@@ -130,7 +129,7 @@ def _manifest(onnx_path: Path, device: DeviceProfile, models: list[Any], config:
             "inputs": {i.name: [d if isinstance(d, int) else str(d) for d in i.shape] for i in sess.get_inputs()}})
     files = [p for p in tmp.rglob("*") if p.is_file()]
     return {
-        "edgeprune_version": __version__,
+        "edgeprune_version": versions()["edgeprune"],
         "source": {"name": onnx_path.parent.name or onnx_path.stem, "path": str(onnx_path.resolve()),
                    "sha256": sha256_file(onnx_path), "size_mb": round(size_mb(onnx_path), 3)},
         "profile": {"name": device.name, "description": device.description, "arch": device.cpu.arch,
