@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -30,6 +31,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Prune, export, quantize and profile models for edge devices; check latency budgets.")
 profiles_app = typer.Typer(no_args_is_help=True, help="Device profiles.")
 app.add_typer(profiles_app, name="profiles")
+agent_app = typer.Typer(no_args_is_help=True, help="The device agent: measure models on the device itself.")
+app.add_typer(agent_app, name="agent")
 
 out = Console()
 err = Console(stderr=True)
@@ -70,6 +73,10 @@ Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, bias (
 DistillSteps = Annotated[int, typer.Option(help="Distillation steps with --recover distill.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
+RemoteOpt = Annotated[str | None, typer.Option(
+    "--remote", help="URL of an edgeprune agent on the device (edgeprune agent serve): measure there, not here.")]
+TokenOpt = Annotated[str | None, typer.Option(
+    "--token", help="The agent's token (default: $EDGEPRUNE_AGENT_TOKEN).")]
 
 
 class Interrupted(BaseException):
@@ -104,8 +111,8 @@ def handled(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except EdgepruneError as exc:
-            err.print(f"[bold red]error:[/] {exc.cause}" + (f" — {exc.fix}" if exc.fix else ""),
-                      highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(exc.cause)}" + (f" — {escape(exc.fix)}" if exc.fix else ""),
+                      highlight=False, soft_wrap=True)  # escaped: "pip install 'edgeprune[agent]'" is not markup
             raise typer.Exit(EXIT_BAD_INPUT) from None
         except (KeyboardInterrupt, Interrupted):
             how = "SIGTERM" if "SIGTERM" in _received else "Ctrl-C (SIGINT)"
@@ -426,8 +433,11 @@ def profile_command(
     runs: RunsOpt = 100,
     new_tokens: NewTokensOpt = 128,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the measurement as JSON.")] = None,
+    remote: RemoteOpt = None,
+    token: TokenOpt = None,
 ) -> None:
-    """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles.
+    """Measure latency percentiles and peak memory on this host; predict them (with a band) on other profiles;
+    with --remote, measure them on the device through its agent.
     A decoder LLM: prefill of --seq-len tokens, then decode ms/token and tokens/s over --new-tokens."""
     from edgeprune.options import check_measurement, check_positive
     from edgeprune.profiling import measure_or_predict
@@ -435,8 +445,12 @@ def profile_command(
     check_measurement(threads, batch, seq_len, runs)
     check_positive(new_tokens=new_tokens)
     _guard_files([json_out], model_files(model))
-    result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
-                                new_tokens=new_tokens)
+    if remote is not None:
+        result = _remote_measurement(remote, token, profile, model, threads=threads, batch=batch, seq_len=seq_len,
+                                     runs=runs, new_tokens=new_tokens)
+    else:
+        result = measure_or_predict(model, profile, threads=threads, batch=batch, seq_len=seq_len, runs=runs,
+                                    new_tokens=new_tokens)
     how = ", predicted" if result.predicted else ""
     table = Table(title=f"{model} on {result.device}{how} ({result.threads} thread(s), batch {batch}, seq {seq_len})")
     for column in ("p50 ms", "p90 ms", "p99 ms", "p50 band", "size MB", "peak MiB over baseline"):
@@ -475,12 +489,15 @@ def check_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write verdicts + measurement as JSON.")] = None,
     junit_out: Annotated[Path | None, typer.Option("--junit", help="Write verdicts as JUnit XML.")] = None,
     markdown_out: Annotated[Path | None, typer.Option("--markdown", help="Write verdicts as a Markdown table.")] = None,
+    remote: RemoteOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Pass/fail against a latency and/or memory budget: exit 0 within, 1 over or uncertain, 2 on bad input.
 
-    On this host the model is measured; on any other profile it is predicted with an error band.
+    On this host the model is measured; on any other profile it is predicted with an error band; with --remote it
+    is measured on the device by its agent.
     """
-    from edgeprune.budgets import Budget, check, junit_xml, passed
+    from edgeprune.budgets import Budget, check, junit_xml, passed, verdicts
     from edgeprune.options import check_measurement, check_positive
 
     budget = Budget(latency_ms=latency_ms, memory_mb=memory_mb, percentile=percentile, tokens_per_s=tokens_per_s)
@@ -488,7 +505,13 @@ def check_command(
     check_positive(new_tokens=new_tokens)
     inputs = model_files(model)
     _guard_files([json_out, junit_out, markdown_out], inputs)
-    lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs, new_tokens=new_tokens)
+    if remote is not None:
+        result = _remote_measurement(remote, token, profile, model, threads=threads, seq_len=seq_len, runs=runs,
+                                     new_tokens=new_tokens, memory=budget.memory_mb is not None)
+        lines = verdicts(result, budget)
+    else:
+        lines, result = check(model, profile, budget, threads=threads, seq_len=seq_len, runs=runs,
+                              new_tokens=new_tokens)
     _print_verdicts(lines)
     if result.predicted:
         out.print(f"predicted for {result.device} ({result.threads} threads): " + "; ".join(result.basis),
@@ -547,6 +570,31 @@ def profiles_validate(path: Annotated[Path, typer.Argument(help="Profile YAML fi
               soft_wrap=True)
 
 
+@profiles_app.command("new")
+@handled
+def profiles_new(
+    from_remote: Annotated[str, typer.Option(
+        "--from-remote", help="URL of an edgeprune agent on the device (edgeprune agent serve).")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Profile YAML to write (a new file).")],
+    name: Annotated[str | None, typer.Option(help="Profile name (default: from the CPU's name).")] = None,
+    token: TokenOpt = None,
+) -> None:
+    """Draft a device profile from the agent's hardware report; figures it cannot know are marked assumed."""
+    from edgeprune.agent.draft import draft_profile
+    from edgeprune.devices import parse_profile
+
+    _guard_files([out_file], [])
+    with _remote_device(from_remote, token) as device:
+        report = device.hardware()
+    atomic_write_text(out_file, draft_profile(report, from_remote, name).to_yaml())
+    drafted = parse_profile(out_file)
+    figures = collections.Counter(_quantities(drafted.model_dump(exclude_none=True)))
+    kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(figures.items()))
+    out.print(f"{out_file}: draft profile '{drafted.name}' for {drafted.cpu.name} ({drafted.cpu.cores} cores, "
+              f"{' '.join(drafted.cpu.isa)}) — {kinds}; review the assumed figures, then calibrate it: edgeprune "
+              f"calibrate {out_file} --remote {from_remote} --out calibrated.yaml", highlight=False, soft_wrap=True)
+
+
 def _quantities(data: Any) -> list[str]:
     """The ``kind`` of every figure in a dumped profile."""
     if isinstance(data, dict):
@@ -558,36 +606,130 @@ def _quantities(data: Any) -> list[str]:
     return []
 
 
+@agent_app.command("serve")
+@handled
+def agent_serve(
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8642,
+    host: Annotated[str, typer.Option(
+        help="Address to bind: loopback by default; 0.0.0.0 opens the agent to the network.")] = "127.0.0.1",
+    token_file: Annotated[Path | None, typer.Option(
+        help="File holding the token clients must send (default: $EDGEPRUNE_AGENT_TOKEN, else one is generated "
+             "and printed).")] = None,
+    store: Annotated[Path | None, typer.Option(
+        help="Directory for uploaded models (default: ~/.cache/edgeprune/agent-models).")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest upload accepted (MB).")] = 512.0,
+    time_limit_s: Annotated[float, typer.Option(help="Longest one measurement may run before it is killed (s).")
+                            ] = 600.0,
+) -> None:
+    """Run the agent on this device: clients upload ONNX models and get them measured here (edgeprune profile
+    MODEL --remote http://THIS-DEVICE:PORT)."""
+    from edgeprune.agent import SERVER_MODULES, require_extra
+    from edgeprune.agent.options import AgentOptions, default_store, resolve_token
+
+    require_extra(SERVER_MODULES)
+    from edgeprune.agent.server import serve
+
+    token, generated = resolve_token(token_file)
+    options = AgentOptions(token=token, host=host, port=port, store=store or default_store(),
+                           max_upload_mb=max_upload_mb, time_limit_s=time_limit_s)
+    out.print(f"edgeprune agent on http://{host}:{port} — models in {options.store}, uploads up to "
+              f"{max_upload_mb:g} MB, {time_limit_s:g} s per measurement, one measurement at a time",
+              highlight=False, soft_wrap=True)
+    if generated:
+        out.print(f"token: {token}  (clients: --token, or EDGEPRUNE_AGENT_TOKEN)", highlight=False, soft_wrap=True)
+    if not options.loopback:
+        err.print(f"[bold yellow]warning:[/] bound to {host}, not loopback: anyone who can reach this port and has "
+                  "the token can run models here; use it on a network you trust", highlight=False, soft_wrap=True)
+    serve(options)
+
+
 @app.command("calibrate")
 @handled
 def calibrate_command(
     profile: Annotated[str, typer.Argument(help="Device profile name or YAML file to calibrate.")],
-    measure: Annotated[list[str], typer.Option(
-        help="MODEL.onnx=LATENCY_MS measured on the device (or =FILE with onnxruntime_perf_test output); repeat.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Calibrated profile YAML (a new file).")],
+    measure: Annotated[list[str] | None, typer.Option(
+        help="MODEL.onnx=LATENCY_MS measured on the device (or =FILE with onnxruntime_perf_test output); repeat.")
+    ] = None,
     threads: ThreadsOpt = None,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="URL of an edgeprune agent on the device: measure the built-in anchor models there instead "
+                         "of --measure.")] = None,
+    token: TokenOpt = None,
+    runs: Annotated[int, typer.Option(help="With --remote: timed runs per anchor model.")] = 50,
 ) -> None:
     """Fit a profile's predictions to latencies measured on the device; write the calibrated profile."""
     from edgeprune.devices import load_profile, profile_dir
     from edgeprune.errors import BadArgumentError
+    from edgeprune.options import check_measurement
     from edgeprune.profiling.calibrate import calibrate, read_latency
 
+    if bool(measure) == (remote is not None):
+        raise BadArgumentError("calibration needs the device's timings from exactly one source",
+                               "pass --measure MODEL.onnx=LATENCY_MS (repeat), or --remote URL to measure there")
+    check_measurement(threads, runs=runs)
     device = load_profile(profile)
     source = Path(profile) if Path(profile).suffix in (".yaml", ".yml") else profile_dir() / f"{profile}.yaml"
     measurements, inputs = {}, [source]
-    for item in measure:
+    for item in measure or []:
         model, sep, value = item.partition("=")
         if not sep:
             raise BadArgumentError(f"--measure '{item}' is not MODEL.onnx=LATENCY_MS", "write it as model.onnx=12.5")
         measurements[Path(model)] = read_latency(value)
         inputs += [*model_files(Path(model)), *([Path(value)] if Path(value).is_file() else [])]  # perf-test output
     _guard_files([out_file], inputs)
-    with _progress() as stage, stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
-        calibrated = calibrate(device, measurements, threads=threads)
+    with _progress() as stage, contextlib.ExitStack() as scratch:
+        if remote is not None:
+            from edgeprune.agent.anchors import WIDTHS, measure_anchors
+
+            agent = scratch.enter_context(_remote_device(remote, token))
+            folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="edgeprune-anchors-")))
+            with stage(f"Measuring {len(WIDTHS)} anchor models on {remote}") as tick:
+                measurements = measure_anchors(lambda path, wanted: agent.measure(path, wanted).latency("p50")[0],
+                                               folder, threads or device.runtime.threads, runs, tick)
+        with stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
+            calibrated = calibrate(device, measurements, threads=threads)
     atomic_write_text(out_file, calibrated.to_yaml(), inputs)
     c = calibrated.calibration
     out.print(f"{out_file}: latency factor {c.latency_factor.value:.3f}, band ±{c.band.value:.0%} "
               f"from {len(c.anchors)} anchor(s)", highlight=False)
+
+
+def _remote_device(remote: str, token: str | None) -> Any:
+    """The agent at ``remote`` (a ``RemoteDevice``), with the token from --token or the environment."""
+    from edgeprune.agent import CLIENT_MODULES, require_extra
+    from edgeprune.errors import BadArgumentError
+
+    require_extra(CLIENT_MODULES)
+    from edgeprune.agent.client import RemoteDevice
+    from edgeprune.agent.protocol import TOKEN_ENV
+
+    token = token or os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise BadArgumentError(f"--remote {remote} needs the agent's token",
+                               f"pass --token, or set {TOKEN_ENV} (the agent printed its token when it started)")
+    return RemoteDevice(remote, token)
+
+
+def _remote_measurement(remote: str, token: str | None, profile: str, model: Path, **settings: Any) -> Any:
+    """``model`` measured on the device by the agent at ``remote``: a ``Measurement`` of the device itself."""
+    from pydantic import ValidationError
+
+    from edgeprune.errors import BadArgumentError
+
+    if profile != "host":
+        raise BadArgumentError(f"--profile {profile} and --remote contradict each other",
+                               "drop --profile: the agent measures the device it runs on")
+    from edgeprune.agent.protocol import MeasureSettings
+
+    try:
+        wanted = MeasureSettings(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise BadArgumentError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}",
+                               "pass a value the agent accepts") from None
+    with _remote_device(remote, token) as device:
+        return device.measure(model, wanted)
 
 
 def _print_doubts(doubts: list[str]) -> None:

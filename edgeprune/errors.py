@@ -42,3 +42,7 @@ class OutputError(EdgepruneError):
 
 class BadArgumentError(EdgepruneError):
     """An option has a value edgeprune cannot use (unknown name, out of range, contradicting another)."""
+
+
+class RemoteError(EdgepruneError):
+    """A device agent cannot be reached, refuses the request, or cannot measure the model."""

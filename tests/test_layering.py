@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"report"},
     {"search"},
     {"exporting", "genai", "quantization", "pruning", "packaging"},
-    {"budgets", "evaluate"},
+    {"budgets", "evaluate", "agent"},
     {"profiling", "models"},
     {"runtime", "files", "data", "int8", "options", "provenance"},
     # device_profiles holds only the shipped YAMLs (read by devices.py as package data, never imported).

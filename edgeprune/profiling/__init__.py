@@ -129,16 +129,30 @@ class Measurement:
         value = self.memory_stats.peak_over_baseline_mb
         return value, value, value
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """The measurement as JSON; ``samples`` adds every timed sample by round (``rounds_ms``), which
+        ``from_dict`` needs to answer any percentile where the figures are judged (the device agent's client)."""
         return {
             "model": self.model, "profile": self.profile, "size_mb": round(self.size_mb, 3),
             "threads": self.threads, "batch": self.batch, "seq_len": self.seq_len,
-            "latency_ms": self.latency_stats.to_dict(),
+            "latency_ms": self.latency_stats.to_dict(samples),
             "memory_mb": self.memory_stats.to_dict() if self.memory_stats else None,
-            "generation": self.generation.to_dict() if self.generation else None,
+            "generation": self.generation.to_dict(samples) if self.generation else None,
             "host": self.host, "host_health": self.health.to_dict() if self.health else None,
             "versions": self.versions,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """The inverse of ``to_dict(samples=True)``: a measurement made on another machine (an edgeprune agent on
+        the device), with that machine's host, versions and health, judged here like one made here."""
+        return cls(model=str(data["model"]), profile=str(data["profile"]), size_mb=float(data["size_mb"]),
+                   threads=int(data["threads"]), batch=int(data["batch"]), seq_len=int(data["seq_len"]),
+                   latency_stats=LatencyStats.from_dict(data["latency_ms"]),
+                   memory_stats=MemoryStats.from_dict(data["memory_mb"]) if data.get("memory_mb") else None,
+                   host=dict(data["host"]), versions={str(k): str(v) for k, v in data["versions"].items()},
+                   health=HostHealth.from_dict(data["host_health"]) if data.get("host_health") else None,
+                   generation=GenerationStats.from_dict(data["generation"]) if data.get("generation") else None)
 
 
 def _not_a_decoder(model: str) -> ProfileError:

@@ -44,10 +44,18 @@ class GenerationStats:
     def doubts(self) -> list[str]:
         return [*(f"prefill: {r}" for r in self.prefill.doubts), *(f"decode: {r}" for r in self.decode.doubts)]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """``samples``: with every timed sample (see ``LatencyStats.to_dict``)."""
         return {"prompt_tokens": self.prompt_tokens, "new_tokens": self.new_tokens,
-                "prefill_ms": self.prefill.to_dict(), "decode_ms_per_token": self.decode.to_dict(),
+                "prefill_ms": self.prefill.to_dict(samples), "decode_ms_per_token": self.decode.to_dict(samples),
                 "tokens_per_s": round(self.tokens_per_s, 3)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationStats:
+        """The inverse of ``to_dict(samples=True)``."""
+        return cls(prompt_tokens=int(data["prompt_tokens"]), new_tokens=int(data["new_tokens"]),
+                   prefill=LatencyStats.from_dict(data["prefill_ms"]),
+                   decode=LatencyStats.from_dict(data["decode_ms_per_token"]))
 
 
 def measure_generation(onnx_path: Path, threads: int, *, prompt_tokens: int = DEFAULT_PROMPT_TOKENS,

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgeprune.files import atomic_write_json
 
@@ -137,6 +138,15 @@ class HostHealth:
         data["probe_ms"] = round(self.probe_ms, 3)
         del data["baseline_file"]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostHealth:
+        """The inverse of ``to_dict``: the state of the host that measured, read where the figures are judged."""
+        sharing = data["sharing"]
+        return cls(verdict=str(data["verdict"]), reasons=[str(r) for r in data["reasons"]],
+                   probe_ms=float(data["probe_ms"]), baseline_ms=data["baseline_ms"],
+                   sharing=Sharing(sharing["steal"], sharing["others_busy"]), load_1min=data["load_1min"],
+                   cpus=int(data["cpus"]), clock_mhz=data.get("clock_mhz"))
 
 
 def check_health(cache_dir: Path | None = None) -> HostHealth:

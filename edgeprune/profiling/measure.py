@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeprune import runtime
+from edgeprune.errors import ProfileError
 from edgeprune.profiling import health
 from edgeprune.profiling.health import Sharing
 
@@ -79,6 +80,14 @@ class Stability:
                 "remeasure_s": round(self.remeasure_s, 2), "warmup_runs": self.warmup_runs,
                 "steal": self.sharing.steal, "others_busy": self.sharing.others_busy, "reasons": list(self.reasons)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stability:
+        """The inverse of ``to_dict`` (with its rounding): a measurement made elsewhere keeps its doubts."""
+        return cls(cv=float(data["cv"]), tail=float(data["p90_over_p50"]), rounds=int(data["rounds"]),
+                   remeasured_rounds=int(data["remeasured_rounds"]), remeasure_s=float(data["remeasure_s"]),
+                   sharing=Sharing(data["steal"], data["others_busy"]), warmup_runs=int(data["warmup_runs"]),
+                   reasons=tuple(str(reason) for reason in data["reasons"]))
+
 
 @dataclass
 class LatencyStats:
@@ -112,7 +121,9 @@ class LatencyStats:
         """Why these figures cannot be trusted (empty when they can)."""
         return list(self.stability.reasons) if self.stability else []
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        """Percentiles and spread in ms; with ``samples``, every timed sample by round too (``rounds_ms``), so that
+        ``from_dict`` can rebuild the figures elsewhere (the device agent sends them to its client)."""
         s = np.asarray(self.samples_ms)
         figures: dict[str, Any] = {name: self.percentile(name) for name in PERCENTILES}
         figures.update(mean=float(s.mean()), std=float(s.std()), min=float(s.min()), max=float(s.max()),
@@ -120,7 +131,20 @@ class LatencyStats:
         data: dict[str, Any] = {k: round(v, 4) for k, v in figures.items()}
         if self.stability is not None:
             data["stability"] = self.stability.to_dict()
+        if samples:
+            data["rounds_ms"] = [list(r) for r in self.rounds]
         return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencyStats:
+        """The inverse of ``to_dict(samples=True)``: every percentile comes from the samples, as where they were
+        timed; the percentiles alone cannot answer another one (p95), so a dict without samples is refused."""
+        if "rounds_ms" not in data:
+            raise ProfileError("these latency figures come without their samples, so they cannot be rebuilt",
+                               "serialize them with to_dict(samples=True)")
+        rounds = [[float(ms) for ms in r] for r in data["rounds_ms"]]
+        stability = Stability.from_dict(data["stability"]) if data.get("stability") else None
+        return cls([ms for r in rounds for ms in r], rounds=rounds, stability=stability)
 
 
 def spread_reasons(samples_ms: Sequence[float], rules: StabilityRules = RULES) -> list[str]:

@@ -39,6 +39,11 @@ class MemoryStats:
     def to_dict(self) -> dict[str, float]:
         return {**asdict(self), "peak_over_baseline_mb": round(self.peak_over_baseline_mb, 2)}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, float]) -> MemoryStats:
+        return cls(baseline_mb=float(data["baseline_mb"]), peak_mb=float(data["peak_mb"]),
+                   session_peak_mb=float(data["session_peak_mb"]))
+
 
 def measure_peak_memory(onnx_path: Path, threads: int, batch: int = 1, seq_len: int = 128,
                         runs: int = 10, new_tokens: int = 0) -> MemoryStats:

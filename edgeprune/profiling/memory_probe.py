@@ -28,6 +28,8 @@ def generate(sess, feed, new_tokens):
     inputs = {i.name for i in sess.get_inputs()}
     names = [o.name for o in sess.get_outputs()]
     result = sess.run(None, feed)
+    if not new_tokens:  # not a decoder (an image model has no attention_mask)
+        return
     length = feed["attention_mask"].shape[1]
     for _ in range(new_tokens):
         ids = result[0][:, -1].argmax(-1)[:, None].astype(np.int64)
