@@ -222,6 +222,11 @@ def optimize(
     package: Annotated[bool, typer.Option(
         "--package", help="End with the shipped model packaged for --profile in OUT/bundle (as `edgeprune package`: "
                           "ORT format, reduced-operator config, execution-provider report).")] = False,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="URL of an edgeprune agent on the --profile device: the search's candidates and the final "
+                         "models are measured there instead of predicted (quantize still chooses its form here).")
+    ] = None,
+    token: TokenOpt = None,
 ) -> None:
     """Prune → export → quantize → profile → check, into one run directory with run.json."""
     from edgeprune.pipeline import OptimizeSettings
@@ -236,9 +241,11 @@ def optimize(
                                 min_speedup=min_speedup,
                                 percentile=percentile, threads=threads, seq_len=seq_len, runs=runs,
                                 stsb=str(stsb) if stsb else None, max_quality_drop=max_quality_drop,
-                                package=package)
-    with _progress() as stage:
-        result = run_pipeline(settings, out_dir, stage=stage)
+                                package=package, remote=remote)
+    with contextlib.ExitStack() as connection:
+        agent = None if remote is None else connection.enter_context(_remote_device(remote, token))
+        with _progress() as stage:
+            result = run_pipeline(settings, out_dir, stage=stage, agent=agent)
     out.print(f"model: {result.manifest['inputs']['model']}", highlight=False, soft_wrap=True)
     table = Table(title="edgeprune optimize")
     decoder = result.rows[0].measurement.generation is not None
@@ -697,18 +704,9 @@ def calibrate_command(
 
 def _remote_device(remote: str, token: str | None) -> Any:
     """The agent at ``remote`` (a ``RemoteDevice``), with the token from --token or the environment."""
-    from edgeprune.agent import CLIENT_MODULES, require_extra
-    from edgeprune.errors import BadArgumentError
+    from edgeprune.agent import connect
 
-    require_extra(CLIENT_MODULES)
-    from edgeprune.agent.client import RemoteDevice
-    from edgeprune.agent.protocol import TOKEN_ENV
-
-    token = token or os.environ.get(TOKEN_ENV, "").strip()
-    if not token:
-        raise BadArgumentError(f"--remote {remote} needs the agent's token",
-                               f"pass --token, or set {TOKEN_ENV} (the agent printed its token when it started)")
-    return RemoteDevice(remote, token)
+    return connect(remote, token)
 
 
 def _remote_measurement(remote: str, token: str | None, profile: str, model: Path, **settings: Any) -> Any:

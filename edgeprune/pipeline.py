@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeprune import evaluate, runtime
+from edgeprune.agent import connect
+from edgeprune.agent.protocol import MeasureSettings
 from edgeprune.budgets import Budget, Verdict, passed, verdicts
 from edgeprune.data.inputs import input_batches
 from edgeprune.errors import BadArgumentError
@@ -50,7 +52,11 @@ from edgeprune.report import write_reports
 from edgeprune.report.build import report_from
 from edgeprune.report.schema import speedup_text
 from edgeprune.search import SearchResult, search
+from edgeprune.search.build import RemoteMeasure
 from edgeprune.search.decode import search_decode
+
+if TYPE_CHECKING:
+    from edgeprune.agent.client import RemoteDevice
 
 DEFAULT_OUT = Path("edgeprune-out")
 DEFAULT_KEEP_FLOPS = 2 / 3
@@ -96,6 +102,9 @@ class OptimizeSettings:
     """With a searched budget: the most quality a candidate may lose (STS-B points with --stsb, else 1 − cosine)."""
     package: bool = False
     """End with the shipped model packaged for the profile (``packaging``) in ``bundle/`` of the run directory."""
+    remote: str | None = None
+    """URL of an edgeprune agent on the device ``profile`` describes: candidates and the final models are measured
+    there, not predicted (its token is not a setting: it is never written to run.json)."""
 
     def __post_init__(self) -> None:
         """Refuse every bad value before any work starts (not after minutes of pruning)."""
@@ -105,6 +114,9 @@ class OptimizeSettings:
                        min_speedup=self.min_speedup, max_quality_drop=self.max_quality_drop,
                        new_tokens=self.new_tokens)
         check_measurement(self.threads, self.batch, self.seq_len, self.runs)
+        if self.remote is not None and self.searches_decode():
+            raise BadArgumentError("the tokens/s search times its int4 candidates on this host, not through an agent",
+                                   "with --remote, pass a pruning target (--keep-flops) beside --tokens-per-s")
 
     def searches(self) -> bool:
         """A latency budget without a fixed pruning target: search for the setting that meets it."""
@@ -165,14 +177,21 @@ class RunResult:
 
 
 def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEFAULT_OUT,
-             stage: Stage | None = None) -> RunResult:
-    """Run the whole pipeline on ``settings.model`` (the packaged MiniLM when None) into ``out_dir``."""
+             stage: Stage | None = None, agent: RemoteDevice | None = None) -> RunResult:
+    """Run the whole pipeline on ``settings.model`` (the packaged MiniLM when None) into ``out_dir``.
+
+    With ``settings.remote``, ``agent`` is its client (``agent.connect``; made here from ``EDGEPRUNE_AGENT_TOKEN``
+    when not given): the search's candidates and the final rows are measured on the device.
+    """
     settings = settings or OptimizeSettings()
     stage = stage or _silent
     started = time.perf_counter()
     device = load_profile(settings.profile)
+    if settings.remote is not None and agent is None:
+        agent = connect(settings.remote)
     # Another device is predicted from one-thread measurements here; its own thread count is the prediction's.
-    threads = settings.threads or (device.runtime.threads if device.is_host else 1)
+    threads = settings.threads or (device.runtime.threads if device.is_host or agent else 1)
+    remote = None if agent is None else _remote_timer(agent, threads, settings)
     with stage("Loading model"):
         dense = load_model(settings.model)
         if settings.searches() and dense.modality != TEXT:
@@ -198,7 +217,7 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
                                percentile=settings.percentile, threads=threads, seq_len=settings.seq_len,
                                options=settings.prune, stsb=settings.stsb,
                                max_quality_drop=settings.max_quality_drop, runs=settings.runs, device=device,
-                               memory_mb=settings.memory_mb)
+                               memory_mb=settings.memory_mb, remote=remote)
                 pruned, pruned_export, quant = _adopt(found, tmp)
                 figures["search"] = found.to_dict()
         elif settings.searches_decode():
@@ -238,12 +257,14 @@ def optimize(settings: OptimizeSettings | None = None, out_dir: Path | str = DEF
         figures["quantize"] = {**quant.to_dict(), "onnx_path": str(quant.onnx_path.relative_to(tmp))}
         models = {"dense fp32": dense_export.onnx_path, "pruned fp32": pruned_export.onnx_path,
                   f"pruned {quant.chosen}": quant.onnx_path}
-        with stage(f"Profiling {len(models)} models side by side ({threads} thread(s))"):
+        where = f"on {settings.remote}" if agent else "side by side"
+        with stage(f"Profiling {len(models)} models {where} ({threads} thread(s))"):
             state = check_health()
-            measurements = _measure(models, tmp, device.name, threads, settings, state)
+            measurements = (_measure(models, tmp, device.name, threads, settings, state) if agent is None else
+                            _measure_remote(models, tmp, device.name, threads, settings, agent))
         with stage("Measuring quality"):
             rows = _rows(dense, models, measurements, settings, items[1])
-        if device.is_host:  # judged on the side-by-side measurements just made
+        if device.is_host or agent:  # judged on the measurements just made (here side by side, or on the device)
             shipped, baseline = rows[-1].measurement, measurements["dense fp32"]
         else:
             with stage(f"Predicting the shipped model on {device.name}"):
@@ -316,6 +337,24 @@ def _measure(models: dict[str, Path], run_dir: Path, profile_name: str, threads:
                                                                                 steps))
         for (name, path), latency, steps in zip(models.items(), stats, decode)
     }
+
+
+def _remote_timer(agent: RemoteDevice, threads: int, settings: OptimizeSettings) -> RemoteMeasure:
+    """The search's timer on the device: each candidate measured by the agent (latency only: a candidate's peak
+    memory is measured here, as for a predicted device)."""
+    wanted = MeasureSettings(threads=threads, batch=settings.batch, seq_len=settings.seq_len,
+                             runs=settings.runs, new_tokens=settings.new_tokens, memory=False)
+    return lambda path: agent.measure(path, wanted)
+
+
+def _measure_remote(models: dict[str, Path], run_dir: Path, profile_name: str, threads: int,
+                    settings: OptimizeSettings, agent: RemoteDevice) -> dict[str, Measurement]:
+    """Each model measured on the device by its agent, one after another (the agent measures one at a time), with
+    peak memory; named as a measurement here is (path in the run, the profile)."""
+    wanted = MeasureSettings(threads=threads, batch=settings.batch, seq_len=settings.seq_len, runs=settings.runs,
+                             new_tokens=settings.new_tokens)
+    return {name: dataclasses.replace(agent.measure(path, wanted), model=str(path.relative_to(run_dir)),
+                                      profile=profile_name) for name, path in models.items()}
 
 
 def _rows(dense: LoadedModel, models: dict[str, Path], measurements: dict[str, Measurement],

@@ -32,9 +32,12 @@ from typer.testing import CliRunner
 from edgeprune.agent.options import AgentOptions, is_loopback, resolve_token
 from edgeprune.agent.protocol import TOKEN_ENV
 from edgeprune.cli import app
-from edgeprune.devices import parse_profile
+from edgeprune.devices import load_profile, parse_profile
 from edgeprune.errors import BadArgumentError, ProfileError
+from edgeprune.files import sha256_file
 from edgeprune.profiling import Measurement
+from edgeprune.profiling.measure import LatencyStats
+from edgeprune.search.build import Timing
 
 runner = CliRunner()
 FAST = ["--runs", "10", "--threads", "1", "--seq-len", "16"]
@@ -224,6 +227,47 @@ def test_check_remote_judges_the_devices_own_figures(agent, models, tmp_path) ->
     over = runner.invoke(app, ["check", str(models.tiny), "--latency-ms", "0.000001", "--percentile", "p95", *remote])
     assert over.exit_code == 1, over.output
     assert "FAIL" in over.stdout or "UNCERTAIN" in over.stdout
+
+
+def test_optimize_remote_searches_and_measures_on_the_device(agent, tiny_bert_dir, tmp_path, monkeypatch) -> None:
+    """--profile names the device, --remote measures on it: the search's candidates and every row are the agent's
+    measurements (the models are in its store), judged without a band, and the token is written nowhere."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = set(agent.store.glob("*.onnx"))
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["optimize", str(tiny_bert_dir), "--out", str(out), "--profile", "rpi5", "--remote",
+                                 agent.url, "--token", agent.token, "--latency-ms", "1000", "--threads", "1",
+                                 "--runs", "12", "--seq-len", "32", "--recover", "none", "--criterion", "magnitude"])
+    assert result.exit_code in (0, 1), result.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["remote"] == agent.url and agent.token not in (out / "run.json").read_text()
+    shipped = [out / row["model"] for row in run["models"]]
+    stored = {path.stem for path in set(agent.store.glob("*.onnx")) - before}
+    assert {sha256_file(path) for path in shipped} <= stored  # dense, pruned and quantized: measured by the agent
+    search = run["stages"]["search"]
+    assert not search["predicted"] and search["device"] == "rpi5"
+    assert len(stored) >= len(search["candidates"]) > 3  # every candidate was timed by the agent, not only the rows
+    (line,) = run["verdicts"]
+    assert line["profile"] == "rpi5" and not line["predicted"] and "prediction" not in run["stages"]
+
+
+def test_the_search_times_candidates_through_the_remote_timer() -> None:
+    """With an agent, the search's timing measures every model on the device (no estimate), and a candidate is
+    timed beside the dense and its fp32 model as on this host."""
+    asked: list[Path] = []
+
+    def on_device(path: Path) -> Measurement:
+        asked.append(path)
+        return Measurement(model=str(path), profile="rpi5", size_mb=1.0, threads=1, batch=1, seq_len=32,
+                           latency_stats=LatencyStats([2.0 * len(asked)] * 10), memory_stats=None, host={},
+                           versions={})
+
+    timing = Timing(load_profile("rpi5"), "p90", 1, 32, 10, remote=on_device)
+    assert timing.measured and timing.memory_threads == 1
+    assert [value for value, _, _ in timing.latencies([Path("a"), Path("b")])] == [2.0, 4.0]
+    value, _, _ = timing.candidate(Path("q"), Path("f"), Path("d"), dense_ms=6.0)
+    assert asked[2:] == [Path("d"), Path("f"), Path("q")] and value == pytest.approx(10.0 * 6.0 / 6.0)
+    assert not Timing(load_profile("rpi5"), "p90", 1, 32, 10).measured
 
 
 def test_a_remote_measurement_round_trips_with_its_samples(agent, models) -> None:

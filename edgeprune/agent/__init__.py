@@ -13,8 +13,13 @@ imports torch: a device needs onnxruntime, numpy, pydantic and the ``agent`` ext
 from __future__ import annotations
 
 import importlib.util
+import os
+from typing import TYPE_CHECKING
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import BadArgumentError, EdgepruneError
+
+if TYPE_CHECKING:
+    from edgeprune.agent.client import RemoteDevice
 
 SERVER_MODULES = ("fastapi", "uvicorn", "python_multipart")
 CLIENT_MODULES = ("httpx",)
@@ -27,3 +32,17 @@ def require_extra(modules: tuple[str, ...]) -> None:
     if missing:
         raise EdgepruneError(f"the device agent needs {', '.join(missing)}, which is not installed",
                              "pip install 'edgeprune[agent]'")
+
+
+def connect(url: str, token: str | None = None) -> RemoteDevice:
+    """The agent at ``url``, reached with ``token`` or, without one, the token in ``EDGEPRUNE_AGENT_TOKEN``; the
+    client's packages are checked first, so a missing extra is one install line."""
+    require_extra(CLIENT_MODULES)
+    from edgeprune.agent.client import RemoteDevice
+    from edgeprune.agent.protocol import TOKEN_ENV
+
+    token = token or os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise BadArgumentError(f"--remote {url} needs the agent's token",
+                               f"pass --token, or set {TOKEN_ENV} (the agent printed its token when it started)")
+    return RemoteDevice(url, token)

@@ -37,7 +37,15 @@ from edgeprune.models.loading import LoadedModel
 from edgeprune.options import PruneOptions
 from edgeprune.pruning import DEFAULTS, Accumulation, make_plan, score
 from edgeprune.pruning.calibration import calibration_batches_for
-from edgeprune.search.build import Built, CandidateBuilder, QualityProbe, Setup, Timing, measure_table
+from edgeprune.search.build import (
+    Built,
+    CandidateBuilder,
+    QualityProbe,
+    RemoteMeasure,
+    Setup,
+    Timing,
+    measure_table,
+)
 from edgeprune.search.choice import TIMING_MARGIN, Bounds, Candidate, Choice, advice, choose, mark_pareto
 from edgeprune.search.refine import REFINEMENTS, allocate, refine
 
@@ -78,9 +86,11 @@ class SearchResult:
 def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, options: PruneOptions = DEFAULTS,
            percentile: str = "p90", threads: int = 1, seq_len: int = 128, stsb: Path | str | None = None,
            max_quality_drop: float | None = None, dense_onnx: Path | None = None, runs: int = 40,
-           device: DeviceProfile | str = "host", memory_mb: float | None = None) -> SearchResult:
+           device: DeviceProfile | str = "host", memory_mb: float | None = None,
+           remote: RemoteMeasure | None = None) -> SearchResult:
     """Find the best-quality pruned + quantized ``dense`` meeting ``budget_ms`` at ``percentile`` on ``device``
-    (measured when it is this host, predicted with a band otherwise).
+    (measured when it is this host, or on the device itself through ``remote``, its agent's measurement; predicted
+    with a band otherwise).
 
     ``options`` say how units are scored (criterion, accumulation, calibration data, batch size,
     seed) and how every candidate is recovered; the search allocates by latency itself, so
@@ -110,7 +120,7 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, options: P
                   if stsb is not None and max_quality_drop is not None else None)  # only a quality bound needs it
     bounds = Bounds(budget_ms, memory_mb, max_quality_drop, dense_stsb)
     setup = Setup(dense=dense, dense_onnx=dense_onnx or export(dense, work / "dense").onnx_path, work=work,
-                  options=options, timing=Timing(device, percentile, threads, seq_len, runs), probe=probe,
+                  options=options, timing=Timing(device, percentile, threads, seq_len, runs, remote), probe=probe,
                   bounds=bounds)
     points = measure_table(setup, base, scores)
     builder = CandidateBuilder(setup, points.table, points.dense_ms)
@@ -121,7 +131,8 @@ def search(dense: LoadedModel, budget_ms: float, work: Path | str, *, options: P
     for c, verdict in zip(candidates, choice.verdicts):
         c.verdict = verdict
     summary = SearchSummary(budget_ms=budget_ms, percentile=percentile, device=device.name,
-                            predicted=not device.is_host, threads=threads, dense_fp32_ms=round(points.dense_ms, 4),
+                            predicted=not setup.timing.measured, threads=threads,
+                            dense_fp32_ms=round(points.dense_ms, 4),
                             table=points.table.to_dict(), candidates=candidates,
                             chosen_keep_flops=None if choice.chosen is None else choice.chosen.keep_flops,
                             passed=choice.chosen is not None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel
 from edgeprune.models.plan import DenseShape, PruningPlan
 from edgeprune.options import PruneOptions
-from edgeprune.profiling import estimate
+from edgeprune.profiling import Measurement, estimate
 from edgeprune.profiling.measure import LatencyStats, compare_latency
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.pruning import apply_plan, kept_macs_fraction
@@ -33,6 +34,8 @@ from edgeprune.quantization import FORMS, QuantizeResult, dynamic_int8, int8_sch
 from edgeprune.search.choice import Bounds, Candidate
 from edgeprune.search.latency_table import HEAD_GRID, NEURON_GRID, LatencyTable, grid_counts
 
+RemoteMeasure = Callable[[Path], Measurement]
+"""Measures a model on the device itself (through its edgeprune agent) and returns the device's own measurement."""
 Timed = tuple[float, float | None, float | None]
 """(value, low, high) ms at the budget's percentile. Measured here, low and high are None, or — when the timing
 stayed unstable after re-measuring — the lowest and highest per-round percentile, so the noise shows."""
@@ -40,15 +43,24 @@ stayed unstable after re-measuring — the lowest and highest per-round percenti
 
 @dataclass(frozen=True)
 class Timing:
-    """How the search times models for ``device``: side by side on this host, or predicted from it elsewhere."""
+    """How the search times models for ``device``: side by side on this host, one after another on the device
+    itself when its agent is given (``remote``), or predicted from this host elsewhere."""
 
     device: DeviceProfile
     percentile: str
     threads: int
     seq_len: int
     runs: int
+    remote: RemoteMeasure | None = None
+
+    @property
+    def measured(self) -> bool:
+        """Whether candidates are measured (here or on the device), not predicted."""
+        return self.device.is_host or self.remote is not None
 
     def latencies(self, paths: list[Path]) -> list[Timed]:
+        if self.remote is not None:
+            return [_measured(self.remote(path).latency_stats, self.percentile) for path in paths]
         if self.device.is_host:
             stats = compare_latency(paths, self.threads, rounds=3, runs=max(1, self.runs // 3),
                                     seq_len=self.seq_len)
@@ -61,15 +73,16 @@ class Timing:
         """A built candidate: here timed beside the dense and its own fp32 model, as the final check times it, with
         the dense model's drift since ``dense_ms`` was measured taken out (2-thread speed flips here); elsewhere
         predicted alone."""
-        if not self.device.is_host:
+        if not self.measured:
             return self.latencies([quantized])[0]
         (dense_now, _, _), _, (value, low, high) = self.latencies([dense_onnx, fp32, quantized])
         return value * (dense_ms / dense_now), low, high
 
     @property
     def memory_threads(self) -> int:
-        """Threads of the peak-memory probe: the run's own here; one elsewhere, as the device's estimate uses."""
-        return self.threads if self.device.is_host else 1
+        """Threads of the peak-memory probe (run here): the run's own when measured; one for a prediction, as the
+        device's estimate uses."""
+        return self.threads if self.measured else 1
 
 
 def _measured(stats: LatencyStats, percentile: str) -> Timed:
