@@ -23,6 +23,7 @@ _EXPORTS = {
     "LoadedModel": "edgeprune.models.loading", "load_model": "edgeprune.models.loading",
     "load_pruned": "edgeprune.models.loading", "save_pruned": "edgeprune.models.loading",
     "OptimizeSettings": "edgeprune.pipeline", "optimize": "edgeprune.pipeline",
+    "SweepOptions": "edgeprune.fleet", "sweep": "edgeprune.fleet",
     "DeviceProfile": "edgeprune.devices", "load_profile": "edgeprune.devices",
     "Measurement": "edgeprune.profiling", "Estimate": "edgeprune.profiling", "profile": "edgeprune.profiling",
     "estimate": "edgeprune.profiling",
@@ -33,15 +34,16 @@ _EXPORTS = {
 }
 
 __all__ = ["Budget", "ChannelPlan", "DeviceProfile", "EdgepruneError", "Estimate", "LoadedModel", "Measurement",
-           "OptimizeSettings", "PruningPlan", "Verdict", "check", "estimate", "export", "export_module",
+           "OptimizeSettings", "PruningPlan", "SweepOptions", "Verdict", "check", "estimate", "export", "export_module",
            "load_model", "load_profile", "load_pruned", "optimize", "profile", "prune", "prune_channels",
-           "prune_loaded", "quantize", "save_pruned"]
+           "prune_loaded", "quantize", "save_pruned", "sweep"]
 
 if TYPE_CHECKING:
     from edgeprune.budgets import Budget, Verdict, check
     from edgeprune.devices import DeviceProfile, load_profile
     from edgeprune.errors import EdgepruneError
     from edgeprune.exporting import export, export_module
+    from edgeprune.fleet import SweepOptions, sweep
     from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
     from edgeprune.models.plan import PruningPlan
     from edgeprune.pipeline import OptimizeSettings, optimize

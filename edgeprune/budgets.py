@@ -77,6 +77,12 @@ class Verdict:
             del data["low"], data["high"]
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Verdict:
+        """The inverse of ``to_dict`` (a measured line's band is its value), for verdicts read back from JSON."""
+        fields = {k: v for k, v in data.items() if k != "margin"}
+        return cls(**{"low": data["value"], "high": data["value"], **fields})
+
 
 def judge(budget: float, low: float, high: float) -> str:
     """PASS when the whole band is within the budget, FAIL when all of it is over, UNCERTAIN when it straddles the
@@ -133,8 +139,16 @@ def passed(lines: list[Verdict]) -> bool:
     return all(line.status == PASS for line in lines)
 
 
+JUNIT_HEADER = '<?xml version="1.0" encoding="utf-8"?>'
+
+
 def junit_xml(lines: list[Verdict], suite: str = "edgeprune.check") -> str:
     """JUnit XML with one test case per budget line, for CI systems that render test reports."""
+    return "\n".join([JUNIT_HEADER, junit_suite(lines, suite)]) + "\n"
+
+
+def junit_suite(lines: list[Verdict], suite: str) -> str:
+    """One ``<testsuite>`` element (no XML header): a test case per budget line, failed unless it PASSes."""
     failures = sum(line.status != PASS for line in lines)
     cases = []
     for line in lines:
@@ -143,6 +157,6 @@ def junit_xml(lines: list[Verdict], suite: str = "edgeprune.check") -> str:
         text = f"{line.status}: {line.metric} = {line.value:.3f} {line.unit}{band}, budget {line.budget:g} {line.unit}"
         text += f" ({line.reason})" if line.reason else ""
         body = "" if line.status == PASS else f"<failure message={quoteattr(text)}/>"
-        cases.append(f'  <testcase classname="{suite}" name={name}>{body}</testcase>')
-    header = f'<testsuite name="{suite}" tests="{len(lines)}" failures="{failures}">'
-    return "\n".join(['<?xml version="1.0" encoding="utf-8"?>', header, *cases, "</testsuite>"]) + "\n"
+        cases.append(f'  <testcase classname={quoteattr(suite)} name={name}>{body}</testcase>')
+    header = f'<testsuite name={quoteattr(suite)} tests="{len(lines)}" failures="{failures}">'
+    return "\n".join([header, *cases, "</testsuite>"])

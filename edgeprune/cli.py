@@ -536,6 +536,47 @@ def check_command(
     raise typer.Exit(0 if passed(lines) else EXIT_FAIL)
 
 
+@app.command("sweep")
+@handled
+def sweep_command(
+    sweep_file: Annotated[Path, typer.Argument(help="SWEEP.yaml: models, device profiles with budgets, settings.")],
+    out_dir: Annotated[Path, typer.Option(
+        "--out", "-o", help="Fleet folder: cache/ (one folder per cell), report.json/.md/.html, junit.xml.")] = Path(
+        "fleet"),
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster to run on (HEAD:6379; every node started with the edgeprune_measure resource); default: "
+             "a local Ray cluster.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="CPUs of the local Ray cluster, i.e. builds at once (default: this machine's cores).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Run every cell again, ignoring the cache.")] = False,
+) -> None:
+    """Every model × every device profile (check, prune or optimize), on Ray when it is installed, resumable, into
+    one fleet report. Exit 0 every cell passes, 1 any fails or is uncertain, 2 bad input (or a cell's input)."""
+    from rich.live import Live
+
+    from edgeprune.fleet import SweepOptions, sweep
+
+    @contextlib.contextmanager
+    def live(board: Any) -> Iterator[None]:
+        err.print(board.mode, highlight=False, soft_wrap=True)
+        with Live(board, console=err, refresh_per_second=2):
+            yield
+
+    result = sweep(sweep_file, out_dir, SweepOptions(address=address, workers=workers, force=force), show=live)
+    report = result.report
+    for row in (r for r in report["cells"] if r["retried"]):
+        out.print(f"retried: {row['cell']} ({row['attempts']} attempts)", highlight=False)
+    for error in result.errors:
+        err.print(f"[bold red]error:[/] {escape(error['cell'])}: {escape(error['error'])}", highlight=False,
+                  soft_wrap=True)
+    out.print(f"{report['status']}: fleet report in {out_dir}/report.html (report.json, report.md, junit.xml)",
+              highlight=False, soft_wrap=True)
+    if result.errors:
+        internal = any(e["error_kind"] == "internal" for e in result.errors)
+        raise typer.Exit(EXIT_INTERNAL if internal else EXIT_BAD_INPUT)
+    raise typer.Exit(0 if result.passed else EXIT_FAIL)
+
+
 @profiles_app.command("list")
 @handled
 def profiles_list() -> None:

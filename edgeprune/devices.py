@@ -11,12 +11,12 @@ import os
 import platform
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from edgeprune.errors import ProfileError
+from edgeprune.errors import EdgepruneError, ProfileError
 
 HOST = "host"
 
@@ -216,27 +216,8 @@ in milliseconds with the C loader, while a multi-MB one could take minutes)."""
 
 
 def parse_profile(path: Path) -> DeviceProfile:
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_PROFILE_BYTES:
-            raise ProfileError(f"profile '{path}' is {size / 1024:.0f} KB, over the {MAX_PROFILE_BYTES // 1024} KB "
-                               "a device profile can need", "pass a device profile (see edgeprune profiles show rpi5)")
-        text = Path(path).read_text(encoding="utf-8")
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
-            raise ProfileError(f"profile '{path}' uses YAML aliases (*name)",
-                               "write every figure out in full; aliases can expand a small file into gigabytes")
-        data = yaml.load(text, Loader=loader)
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ProfileError(f"cannot read profile '{path}' ({reason})", "check the path") from None
-    except yaml.YAMLError as exc:
-        where = getattr(exc, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ProfileError(f"profile '{path}' is not valid YAML{line}", "fix the YAML syntax") from None
-    if not isinstance(data, dict):
-        raise ProfileError(f"profile '{path}' is not a YAML mapping",
-                           "see the shipped profiles for the format (edgeprune profiles show rpi5)")
+    data = read_yaml_mapping(path, "profile", MAX_PROFILE_BYTES, ProfileError,
+                             "see the shipped profiles for the format (edgeprune profiles show rpi5)")
     try:
         return DeviceProfile.model_validate(data)
     except ValidationError as exc:
@@ -245,6 +226,34 @@ def parse_profile(path: Path) -> DeviceProfile:
         where = f"field '{'.'.join(str(part) for part in first['loc'])}': " if first["loc"] else ""
         raise ProfileError(f"profile '{path}': {where}{message}", "see the shipped profiles for the format "
                            "(edgeprune profiles show rpi5); every figure needs value, unit, source, kind") from None
+
+
+def read_yaml_mapping(path: Path, what: str, max_bytes: int, error: type[EdgepruneError], fix: str
+                      ) -> dict[str, Any]:
+    """A small YAML file that must hold a mapping (a profile, a sweep), read with care: ``error`` — with ``fix`` when
+    the content is the problem — if it is over ``max_bytes``, unreadable, not YAML, not a mapping, or uses aliases,
+    a few bytes of which can expand into gigabytes. ``what`` names the file in the messages."""
+    try:
+        size = Path(path).stat().st_size
+        if size > max_bytes:
+            raise error(f"{what} '{path}' is {size / 1024:.0f} KB, over the {max_bytes // 1024} KB a {what} can need",
+                        fix)
+        text = Path(path).read_text(encoding="utf-8")
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=loader)):
+            raise error(f"{what} '{path}' uses YAML aliases (*name)",
+                        "write every value out in full; aliases can expand a small file into gigabytes")
+        data = yaml.load(text, Loader=loader)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise error(f"cannot read {what} '{path}' ({reason})", "check the path") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark else ""
+        raise error(f"{what} '{path}' is not valid YAML{line}", "fix the YAML syntax") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} '{path}' is not a YAML mapping", fix)
+    return data
 
 
 def detect_host() -> DeviceProfile:

@@ -46,3 +46,7 @@ class BadArgumentError(EdgepruneError):
 
 class RemoteError(EdgepruneError):
     """A device agent cannot be reached, refuses the request, or cannot measure the model."""
+
+
+class SweepError(EdgepruneError):
+    """A sweep file (SWEEP.yaml) is malformed, or the Ray cluster cannot run its cells."""

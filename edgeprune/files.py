@@ -108,14 +108,7 @@ def staged_dir(out: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
         out.parent.mkdir(parents=True, exist_ok=True)
     except (PermissionError, NotADirectoryError, FileExistsError) as exc:
         raise _cannot_write(out, exc) from None
-    path = lock_path(out)
-    path.parent.mkdir(exist_ok=True)
-    with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputError(f"another edgeprune run is writing '{out}' now",
-                              "wait for it to finish, or choose another --out") from None
+    with writing(out):
         for stale in stale_scratch(out):  # holding the lock: no live run owns these
             shutil.rmtree(stale, ignore_errors=True)
         try:
@@ -137,6 +130,21 @@ def staged_dir(out: Path, inputs: Sequence[Path] = ()) -> Iterator[Path]:
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
+
+
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Hold the lock (``lock_path``) that lets one edgeprune run at a time write ``out``; a second run fails at
+    once (never two runs mixing files in one folder). The lock goes with the process, even on SIGKILL."""
+    path = lock_path(out)
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(f"another edgeprune run is writing '{out}' now",
+                              "wait for it to finish, or choose another --out") from None
+        yield
 
 
 def lock_path(out: Path) -> Path:

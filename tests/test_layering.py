@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 # Top to bottom. A component may import itself or anything in a later row, nothing in its own row or above.
 LAYERS: list[set[str]] = [
     {"cli"},
+    {"fleet"},
     {"pipeline"},
     {"report"},
     {"search"},

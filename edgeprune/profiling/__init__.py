@@ -24,7 +24,7 @@ from edgeprune.profiling.generation import DEFAULT_NEW_TOKENS, GenerationStats, 
 from edgeprune.profiling.health import HostHealth, check_health
 from edgeprune.profiling.measure import LatencyStats, compare_latency, measure_latency, speedup_interval
 from edgeprune.profiling.memory import MemoryStats, measure_peak_memory
-from edgeprune.profiling.operators import profile_operators
+from edgeprune.profiling.operators import OperatorProfile, profile_operators
 from edgeprune.profiling.predict import Prediction, predict_latency
 from edgeprune.provenance import host_fingerprint, versions
 
@@ -238,16 +238,43 @@ def estimate(onnx_path: Path | str, device: DeviceProfile | str, *, threads: int
     """Predict ``onnx_path`` on ``device`` from one-thread measurements on this host; a decoder's decode ms/token
     too, from its ``new_tokens`` decode steps measured here after a ``seq_len`` prompt."""
     device = device if isinstance(device, DeviceProfile) else load_profile(device)
+    basis = measure_basis(onnx_path, batch=batch, seq_len=seq_len, runs=runs, warmup=warmup, memory=memory,
+                          new_tokens=new_tokens)
+    return predict_from(basis, device, threads=threads)
+
+
+@dataclass
+class HostBasis:
+    """What every prediction of one model is scaled from: the model measured on this host at one thread, whole and
+    per operator. It does not depend on the target, so one basis serves every device profile (``edgeprune sweep``
+    measures it once per model); it is only valid on the host that measured it (its GEMM rates are that host's)."""
+
+    onnx_path: Path
+    host: Measurement
+    operators: OperatorProfile
+
+
+def measure_basis(onnx_path: Path | str, *, batch: int = 1, seq_len: int = 128, runs: int = 100, warmup: int = 20,
+                  memory: bool = True, new_tokens: int = DEFAULT_NEW_TOKENS) -> HostBasis:
+    """Measure ``onnx_path`` here at one thread, whole (latency, peak memory, a decoder's decode steps) and per
+    operator: the basis ``predict_from`` moves to other devices."""
     host = profile(onnx_path, "host", threads=1, batch=batch, seq_len=seq_len, runs=runs, warmup=warmup,
                    memory=memory, new_tokens=new_tokens)
-    ops = profile_operators(onnx_path, threads=1, batch=batch, seq_len=seq_len)
+    return HostBasis(Path(onnx_path), host, profile_operators(onnx_path, threads=1, batch=batch, seq_len=seq_len))
+
+
+def predict_from(basis: HostBasis, device: DeviceProfile | str, *, threads: int | None = None) -> Estimate:
+    """``basis`` moved to ``device`` (at ``threads``, default the profile's): no timing of the model, only this
+    host's cached GEMM and bandwidth rates (measured once per host by ``characterize``)."""
+    device = device if isinstance(device, DeviceProfile) else load_profile(device)
+    host = basis.host
     threads = threads or device.runtime.threads
-    prediction = predict_latency(ops, device, threads=threads, measured_ms=host.latency_stats.p50)
+    prediction = predict_latency(basis.operators, device, threads=threads, measured_ms=host.latency_stats.p50)
     decode = None
     if (generation := host.generation) is not None:
         context = generation.prompt_tokens + (generation.new_tokens - 1) / 2  # the cache's mean length over the steps
-        decode = predict_decode(decode_traffic(onnx_path), generation.decode.p50, context, device, threads=threads,
-                                forward_ratio=prediction.latency_ms / host.latency_stats.p50)
+        decode = predict_decode(decode_traffic(basis.onnx_path), generation.decode.p50, context, device,
+                                threads=threads, forward_ratio=prediction.latency_ms / host.latency_stats.p50)
     return Estimate(device=device.name, threads=threads, prediction=prediction, host=host, decode=decode)
 
 
@@ -289,7 +316,7 @@ def measure_or_predict(onnx_path: Path | str, device: DeviceProfile | str = "hos
                     new_tokens=new_tokens)
 
 
-__all__ = ["DEFAULT_NEW_TOKENS", "DeviceProfile", "Estimate", "Figure", "GenerationStats", "HostHealth",
+__all__ = ["DEFAULT_NEW_TOKENS", "DeviceProfile", "Estimate", "Figure", "GenerationStats", "HostBasis", "HostHealth",
            "LatencyStats", "Measurement", "MemoryStats", "Prediction", "ProfileResult", "available_profiles",
-           "check_health", "compare_latency", "estimate", "load_profile", "measure_latency", "measure_or_predict",
-           "profile", "speedup_interval"]
+           "check_health", "compare_latency", "estimate", "load_profile", "measure_basis", "measure_latency",
+           "measure_or_predict", "predict_from", "profile", "speedup_interval"]
