@@ -23,6 +23,7 @@ from edgeprune import runtime
 from edgeprune.devices import DeviceProfile, load_profile
 from edgeprune.errors import BadArgumentError
 from edgeprune.files import atomic_write_json, atomic_write_text, model_files, sha256_file, size_mb, staged_dir
+from edgeprune.models.loading import TOKENIZER_FILES, copy_model_files
 from edgeprune.packaging.ort_format import convert, copy_model, fixed_shape_copy, ort_path, verified
 from edgeprune.packaging.readme import bundle_readme
 from edgeprune.packaging.usability import EpUsability, analyze, fixing_shapes_helps
@@ -30,10 +31,9 @@ from edgeprune.provenance import versions
 
 OPTIMIZATION_LEVEL = "all"
 """The level of the ORT file: the profile's runtime is onnxruntime's CPU provider, which runs every fusion."""
-CARRIED_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer.json",
-                 "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json",
-                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
-"""Files beside the model an app needs to prepare its inputs; nothing else in the folder is carried."""
+CARRIED_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", *TOKENIZER_FILES)
+"""Files beside the model an app needs to prepare its inputs; nothing else in the folder is carried (not the pruning
+plan or sentence-transformers files, which only a Python pipeline reads)."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,7 @@ def package(onnx_path: Path | str, profile: str | DeviceProfile, out_dir: Path |
             fixed["usability"] = [ep.to_dict() for ep in analyze(work / "model.fixed.onnx", [ep.provider
                                                                                            for ep in report])]
         shutil.rmtree(work)
-        carried = [name for name in CARRIED_FILES if (onnx_path.parent / name).is_file()]
-        for name in carried:
-            shutil.copy2(onnx_path.parent / name, tmp / name)
+        carried = copy_model_files(onnx_path.parent, tmp, CARRIED_FILES, folders=())
         manifest = _manifest(onnx_path, device, models, config, report, fixed, carried, budget_verdicts, tmp)
         atomic_write_json(tmp / "bundle.json", manifest)
         atomic_write_text(tmp / "README.md", bundle_readme(manifest))
@@ -121,12 +119,11 @@ def _manifest(onnx_path: Path, device: DeviceProfile, models: list[Any], config:
               tmp: Path) -> dict[str, Any]:
     entries = []
     for model in models:
-        sess = runtime.session(model.ort_path)
         entries.append({
             "file": model.ort_path.name, "sha256": sha256_file(model.ort_path),
             "size_mb": round(size_mb(model.ort_path), 3), "max_abs_diff_vs_onnx": model.max_abs_diff,
             "what": "fixed input shapes" if "fixed" in model.ort_path.name else "dynamic input shapes",
-            "inputs": {i.name: [d if isinstance(d, int) else str(d) for d in i.shape] for i in sess.get_inputs()}})
+            "inputs": model.inputs})
     files = [p for p in tmp.rglob("*") if p.is_file()]
     return {
         "edgeprune_version": versions()["edgeprune"],

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from edgeprune import runtime
 from edgeprune.errors import ExportError
+from edgeprune.files import model_files
 
 CONFIG_NAME = "required_operators_and_types.config"
 LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
@@ -36,6 +38,8 @@ class OrtModel:
     ort_path: Path
     max_abs_diff: float
     """Largest |ORT − ONNX| output difference on the same inputs."""
+    inputs: dict[str, list[int | str]]
+    """The ``.ort``'s input shapes (a symbolic axis by its name)."""
 
 
 def convert(source: Path, out_dir: Path, level: str, arm: bool) -> Path:
@@ -67,13 +71,15 @@ def ort_path(onnx_path: Path, out_dir: Path, level: str) -> Path:
 
 def verified(onnx_path: Path, ort_file: Path, seq_len: int) -> OrtModel:
     """Run ``ort_file`` and ``onnx_path`` on the same inputs; refuse an ``.ort`` whose outputs differ."""
-    expected, got = (_outputs(path, seq_len) for path in (onnx_path, ort_file))
+    ort_session = runtime.session(ort_file)
+    expected, got = _outputs(runtime.session(onnx_path), seq_len), _outputs(ort_session, seq_len)
     diff = max(float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0 for a, b in zip(expected, got))
     scale = max(1.0, *(float(np.max(np.abs(a))) for a in expected if a.size))
     if diff > RELATIVE_TOLERANCE * scale:
         raise ExportError(f"'{ort_file.name}' differs from '{onnx_path.name}' by {diff:.3g} (largest output "
                           f"{scale:.3g})", "report this with the model; ship the .onnx meanwhile")
-    return OrtModel(onnx_path=onnx_path, ort_path=ort_file, max_abs_diff=diff)
+    inputs = {i.name: [d if isinstance(d, int) else str(d) for d in i.shape] for i in ort_session.get_inputs()}
+    return OrtModel(onnx_path=onnx_path, ort_path=ort_file, max_abs_diff=diff, inputs=inputs)
 
 
 def fixed_shape_copy(onnx_path: Path, out_path: Path, batch: int, seq_len: int) -> dict[str, list[int]]:
@@ -94,8 +100,7 @@ def fixed_shape_copy(onnx_path: Path, out_path: Path, batch: int, seq_len: int) 
     return {value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim] for value in model.graph.input}
 
 
-def _outputs(path: Path, seq_len: int) -> list[np.ndarray]:
-    sess = runtime.session(path)
+def _outputs(sess: ort.InferenceSession, seq_len: int) -> list[np.ndarray]:
     return sess.run(None, runtime.synthetic_feed(sess, 1, seq_len))
 
 
@@ -116,5 +121,5 @@ def copy_model(onnx_path: Path, out_path: Path) -> None:
     """Copy an ONNX model with its external-data files, renamed to ``out_path`` (the references inside stay
     valid: external data is named relative to the model's folder and copied under the same names)."""
     shutil.copy2(onnx_path, out_path)
-    for data in onnx_path.parent.glob(f"{onnx_path.name}*.data"):
+    for data in model_files(onnx_path)[1:]:
         shutil.copy2(data, out_path.parent / data.name)
