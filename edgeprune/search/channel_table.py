@@ -1,0 +1,58 @@
+"""Measuring a CNN's ``ChannelLatencyTable`` on this host's runtime.
+
+For every channel space and every fraction of ``CHANNEL_GRID``, the dense model with only that
+space cut (to a count rounded to the ISA's multiple) is exported and timed in fp32, all of them
+side by side with the dense model in interleaved rounds, so a slow stretch of the host hits
+every point alike. Which channels are cut does not change latency, so the first ones are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgeprune.exporting import export_module
+from edgeprune.models.conv import ChannelGraph, slice_channels
+from edgeprune.profiling.measure import compare_latency
+from edgeprune.pruning.channel_latency import ChannelLatencyTable
+
+CHANNEL_GRID = (0.5, 0.25)
+"""Fractions of a space's channels in the table, besides the dense count."""
+
+Tick = Callable[[int, int], None]
+
+
+def measure_channel_table(model: nn.Module, example: torch.Tensor, graph: ChannelGraph, work: Path | str, *,
+                          multiple: int = 1, threads: int = 1, runs: int = 20, rounds: int = 3,
+                          percentile: str = "p50", grid: tuple[float, ...] = CHANNEL_GRID,
+                          tick: Tick | None = None) -> ChannelLatencyTable:
+    """Export and time the dense model and each space cut to each ``grid`` fraction (``work`` must not exist:
+    the ONNX files are written there)."""
+    work = Path(work)
+    work.mkdir(parents=True)
+    points: list[tuple[str, int]] = []
+    for space in graph.spaces:
+        size = len(space.units)
+        for count in sorted({min(size, max(multiple, math.ceil(size * f / multiple) * multiple)) for f in grid}):
+            if count < size:
+                points.append((space.name, count))
+    paths = [export_module(model, work / "dense.onnx", example).onnx_path]
+    units = {space.name: torch.tensor(space.units) for space in graph.spaces}
+    for i, (name, count) in enumerate(points):
+        keep = torch.ones(graph.num_units, dtype=torch.bool)
+        keep[units[name][count:]] = False
+        cut = slice_channels(copy.deepcopy(model), graph, keep).eval()
+        paths.append(export_module(cut, work / f"point-{i}.onnx", example).onnx_path)
+        if tick is not None:
+            tick(i + 1, len(points))
+    stats = compare_latency(paths, threads=threads, rounds=rounds, runs=runs)
+    timed = [s.percentile(percentile) for s in stats]
+    spaces: dict[str, list[tuple[int, float]]] = {s.name: [(len(s.units), timed[0])] for s in graph.spaces}
+    for (name, count), ms in zip(points, timed[1:]):
+        spaces[name].append((count, ms))
+    return ChannelLatencyTable(dense_ms=timed[0], spaces={k: tuple(sorted(v)) for k, v in spaces.items()})
