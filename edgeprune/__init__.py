@@ -23,6 +23,10 @@ _EXPORTS = {
     "LoadedModel": "edgeprune.models.loading", "load_model": "edgeprune.models.loading",
     "load_pruned": "edgeprune.models.loading", "save_pruned": "edgeprune.models.loading",
     "OptimizeSettings": "edgeprune.pipeline", "optimize": "edgeprune.pipeline",
+    "ImagePruneSettings": "edgeprune.pipeline.images", "prune_image_model": "edgeprune.pipeline.images",
+    "load_pruned_image": "edgeprune.pipeline.images",
+    "DistillOptions": "edgeprune.pruning.conv_distill", "SynthesisOptions": "edgeprune.data.synthesize",
+    "synthesize_images": "edgeprune.data.synthesize",
     "SweepOptions": "edgeprune.fleet", "sweep": "edgeprune.fleet",
     "DeviceProfile": "edgeprune.devices", "load_profile": "edgeprune.devices",
     "Measurement": "edgeprune.profiling", "Estimate": "edgeprune.profiling", "profile": "edgeprune.profiling",
@@ -33,13 +37,15 @@ _EXPORTS = {
     "quantize": "edgeprune.quantization",
 }
 
-__all__ = ["Budget", "ChannelPlan", "DeviceProfile", "EdgepruneError", "Estimate", "LoadedModel", "Measurement",
-           "OptimizeSettings", "PruningPlan", "SweepOptions", "Verdict", "check", "estimate", "export", "export_module",
-           "load_model", "load_profile", "load_pruned", "optimize", "profile", "prune", "prune_channels",
-           "prune_loaded", "quantize", "save_pruned", "sweep"]
+__all__ = ["Budget", "ChannelPlan", "DeviceProfile", "DistillOptions", "EdgepruneError", "Estimate",
+           "ImagePruneSettings", "LoadedModel", "Measurement", "OptimizeSettings", "PruningPlan", "SweepOptions",
+           "SynthesisOptions", "Verdict", "check", "estimate", "export", "export_module", "load_model", "load_profile",
+           "load_pruned", "load_pruned_image", "optimize", "profile", "prune", "prune_channels", "prune_image_model",
+           "prune_loaded", "quantize", "save_pruned", "sweep", "synthesize_images"]
 
 if TYPE_CHECKING:
     from edgeprune.budgets import Budget, Verdict, check
+    from edgeprune.data.synthesize import SynthesisOptions, synthesize_images
     from edgeprune.devices import DeviceProfile, load_profile
     from edgeprune.errors import EdgepruneError
     from edgeprune.exporting import export, export_module
@@ -47,9 +53,11 @@ if TYPE_CHECKING:
     from edgeprune.models.loading import LoadedModel, load_model, load_pruned, save_pruned
     from edgeprune.models.plan import PruningPlan
     from edgeprune.pipeline import OptimizeSettings, optimize
+    from edgeprune.pipeline.images import ImagePruneSettings, load_pruned_image, prune_image_model
     from edgeprune.profiling import Estimate, Measurement, estimate, profile
     from edgeprune.pruning import prune
     from edgeprune.pruning.channels import ChannelPlan, prune_channels
+    from edgeprune.pruning.conv_distill import DistillOptions
     from edgeprune.pruning.loaded import prune_loaded
     from edgeprune.quantization import quantize
 

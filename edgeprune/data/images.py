@@ -36,11 +36,18 @@ def imagenet_preprocess(path: Path, resize: int = 256, crop: int = 224) -> torch
     except ImportError:
         raise EdgepruneError("reading images needs Pillow", "pip install 'edgeprune[vision]'") from None
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = resize / min(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-        left, top = (image.width - crop) // 2, (image.height - crop) // 2
-        array = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0
+        return preprocess_image(image.convert("RGB"), resize, crop)
+
+
+def preprocess_image(image: object, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """An RGB ``PIL.Image`` as ImageNet classifiers expect it: short side to ``resize``, center ``crop``, normalized
+    (3, crop, crop) float32."""
+    from PIL import Image
+
+    scale = resize / min(image.size)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+    left, top = (image.width - crop) // 2, (image.height - crop) // 2
+    array = np.asarray(image.crop((left, top, left + crop, top + crop)), dtype=np.float32) / 255.0
     array = (array - np.asarray(IMAGENET_MEAN, dtype=np.float32)) / np.asarray(IMAGENET_STD, dtype=np.float32)
     return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
@@ -61,20 +68,39 @@ def load_imagenet_sample(folder: Path | str, limit: int | None = None) -> Labele
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-def read_images(folder: Path | str) -> list[object]:
-    """Every image in ``folder`` (recursively, sorted by path) as an RGB ``PIL.Image``."""
+def read_labels(table: Path | str) -> dict[str, int]:
+    """Class index per image file name from a CSV with ``filename`` and ``class_index`` columns."""
+    table = Path(table)
     try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise EdgepruneError("reading images needs Pillow", "pip install 'edgeprune[vision]'") from None
+        with open(table, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        return {Path(row["filename"]).name: int(row["class_index"]) for row in rows}
+    except OSError as exc:
+        raise EdgepruneError(f"cannot read labels '{table}' ({exc.strerror})", "pass a readable CSV file") from None
+    except (KeyError, TypeError, ValueError, csv.Error):
+        raise EdgepruneError(f"'{table}' is not a labels CSV with filename and class_index columns",
+                             "write one row per image: filename,class_index") from None
+
+
+def image_paths(folder: Path | str) -> list[Path]:
+    """The image files in ``folder`` (recursively, sorted by path)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise EdgepruneError(f"image folder '{folder}' does not exist", "pass a folder of images")
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise EdgepruneError(f"'{folder}' holds no images ({', '.join(IMAGE_SUFFIXES)})", "pass a folder of images")
+    return paths
+
+
+def read_images(folder: Path | str) -> list[object]:
+    """Every image in ``folder`` (recursively, sorted by path) as an RGB ``PIL.Image``."""
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError:
+        raise EdgepruneError("reading images needs Pillow", "pip install 'edgeprune[vision]'") from None
     images = []
-    for path in paths:
+    for path in image_paths(folder):
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
