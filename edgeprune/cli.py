@@ -61,8 +61,9 @@ NewTokensOpt = Annotated[int, typer.Option(help="Decoder LLMs: tokens generated 
 KeepFlops = Annotated[float | None, typer.Option(help="Fraction of encoder FLOPs to keep (0-1].")]
 HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention heads to keep per layer.")]
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
-Criterion = Annotated[str, typer.Option(help="Importance criterion: magnitude, activation, fluctuation (FLAP), "
-                                             "taylor, fisher.")]
+Criterion = Annotated[str | None, typer.Option(
+    help="Importance criterion: magnitude, activation, fluctuation (FLAP), taylor, fisher (default: fisher; image "
+         "models: magnitude).")]
 Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (all layers ranked together: "
                                               "by score per MAC for taylor/fisher, by standardized score otherwise).")]
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
@@ -70,9 +71,10 @@ EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumu
 Calibration = Annotated[Path | None, typer.Option(
     help="Calibration data: a text file, one text per line (default: built-in sentences), or for an image model a "
          "folder of images (every 4th is held out for fidelity).")]
-Recover = Annotated[str, typer.Option(help="Recovery after pruning: none, bias (FLAP: removed channels' means "
-                                             "folded into a bias), lstsq (re-fit output projections), distill (lstsq, "
-                                             "then distillation from the dense model).")]
+Recover = Annotated[str | None, typer.Option(
+    help="Recovery after pruning: none, bias (FLAP: removed channels' means folded into a bias), lstsq (re-fit output "
+         "projections), distill (lstsq, then distillation from the dense model); default lstsq. Image models: none, "
+         "bn, lstsq, distill (default: distillation on --images).")]
 DistillSteps = Annotated[int, typer.Option(help="Distillation steps with --recover distill.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Percentile = Annotated[str, typer.Option(help="Latency percentile the budget applies to: p50, p90, p95, p99.")]
@@ -80,6 +82,18 @@ RemoteOpt = Annotated[str | None, typer.Option(
     "--remote", help="URL of an edgeprune agent on the device (edgeprune agent serve): measure there, not here.")]
 TokenOpt = Annotated[str | None, typer.Option(
     "--token", help="The agent's token (default: $EDGEPRUNE_AGENT_TOKEN).")]
+
+
+ImagesOpt = Annotated[Path | None, typer.Option(
+    help="Image models: a folder of unlabeled images (any count); every 4th is held out for evaluation, the rest "
+         "calibrate and distill.")]
+LabelsOpt = Annotated[Path | None, typer.Option(
+    help="Image models: CSV of filename,class_index for top-1 accuracy on the held-out images.")]
+DataFreeOpt = Annotated[bool, typer.Option(
+    "--data-free", help="Image models: distill on images synthesized from the model's BatchNorm statistics (no "
+                        "images needed; ~5 min more on 2 cores for EfficientNet-Lite0).")]
+InputSizeOpt = Annotated[int, typer.Option(help="Image models: side of the square input, in pixels.")]
+DistillMinutesOpt = Annotated[float, typer.Option(help="Image models: wall-clock budget of the distillation, minutes.")]
 
 
 class Interrupted(BaseException):
@@ -198,12 +212,12 @@ def optimize(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Criterion = DEFAULTS.criterion,
+    criterion: Criterion = None,
     allocation: Allocation = DEFAULTS.allocation,
     accumulate: Accumulate = DEFAULTS.accumulate,
     ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
-    recover: Recover = DEFAULTS.recover,
+    recover: Recover = None,
     distill_steps: DistillSteps = DEFAULTS.distill_steps,
     latency_ms: Annotated[float | None, typer.Option(
         help="Latency budget (ms) at --percentile. Without a pruning target, search for the least pruning that "
@@ -230,14 +244,40 @@ def optimize(
                          "models are measured there instead of predicted (quantize still chooses its form here).")
     ] = None,
     token: TokenOpt = None,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    data_free: DataFreeOpt = False,
+    input_size: InputSizeOpt = 224,
+    distill_minutes: DistillMinutesOpt = 10.0,
 ) -> None:
-    """Prune → export → quantize → profile → check, into one run directory with run.json."""
+    """Prune → export → quantize → profile → check, into one run directory with run.json. Image models (MODEL is
+    package.module:function or efficientnet-lite0): --latency-ms on this host, channels allocated by importance per
+    measured ms, distilled on --images, quantized, measured; the directory of `prune` plus quantized/."""
+    from edgeprune.models.image import is_image_model
     from edgeprune.pipeline import OptimizeSettings
     from edgeprune.pipeline import optimize as run_pipeline
 
-    options = PruneOptions(criterion=criterion, allocation=allocation, accumulate=accumulate, ema_decay=ema_decay,
-                           calibration=str(calibration) if calibration else None, recover=recover,
-                           distill_steps=distill_steps, seed=seed)
+    if is_image_model(model):
+        unsupported = {"--heads-ratio": heads_ratio, "--ffn-ratio": ffn_ratio, "--memory-mb": memory_mb,
+                       "--tokens-per-s": tokens_per_s, "--remote": remote, "--stsb": stsb, "--calibration": calibration}
+        given = [flag for flag, value in unsupported.items() if value is not None] + (["--package"] if package else [])
+        given += [f"--profile {profile}"] if profile != "host" else []
+        if given:
+            raise BadArgumentError(f"{', '.join(given)}: not for image models yet (they are optimized for a latency "
+                                   f"budget measured on this host)", "leave them out; package the result with "
+                                                                     "edgeprune package")
+        if latency_ms is None:
+            raise BadArgumentError("optimizing an image model needs a latency budget",
+                                   "pass --latency-ms, or use edgeprune prune --keep-flops")
+        _prune_image(_image_settings(model, criterion=criterion, recover=recover, keep_flops=keep_flops,
+                                     allocation=allocation, seed=seed, images=images, labels=labels,
+                                     data_free=data_free, input_size=input_size, distill_minutes=distill_minutes,
+                                     latency_ms=latency_ms, percentile=percentile), out_dir)
+        return
+
+    options = PruneOptions(criterion=criterion or DEFAULTS.criterion, allocation=allocation, accumulate=accumulate,
+                           ema_decay=ema_decay, calibration=str(calibration) if calibration else None,
+                           recover=recover or DEFAULTS.recover, distill_steps=distill_steps, seed=seed)
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, prune=options, latency_ms=latency_ms,
                                 memory_mb=memory_mb, tokens_per_s=tokens_per_s, new_tokens=new_tokens,
@@ -291,30 +331,19 @@ def prune_command(
     keep_flops: KeepFlops = None,
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
-    criterion: Annotated[str | None, typer.Option(
-        help="Importance criterion: magnitude, activation, fluctuation (FLAP), taylor, fisher (default: fisher; "
-             "image models: magnitude).")] = None,
+    criterion: Criterion = None,
     allocation: Allocation = DEFAULTS.allocation,
     accumulate: Accumulate = DEFAULTS.accumulate,
     ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
-    recover: Annotated[str | None, typer.Option(
-        help="Recovery after pruning: none, bias (FLAP: removed channels' means folded into a bias), lstsq (re-fit "
-             "output projections), distill (lstsq, then distillation from the dense model); default lstsq. Image "
-             "models: none, bn, lstsq, distill (default: distillation on --images).")] = None,
+    recover: Recover = None,
     distill_steps: DistillSteps = DEFAULTS.distill_steps,
     seed: Seed = 0,
-    images: Annotated[Path | None, typer.Option(
-        help="Image models: a folder of unlabeled images (any count); every 4th is held out for evaluation, the "
-             "rest calibrate and distill.")] = None,
-    labels: Annotated[Path | None, typer.Option(
-        help="Image models: CSV of filename,class_index for top-1 accuracy on the held-out images.")] = None,
-    data_free: Annotated[bool, typer.Option(
-        "--data-free", help="Image models: distill on images synthesized from the model's BatchNorm statistics "
-                            "(no images needed; ~5 min more on 2 cores for EfficientNet-Lite0).")] = False,
-    input_size: Annotated[int, typer.Option(help="Image models: side of the square input, in pixels.")] = 224,
-    distill_minutes: Annotated[float, typer.Option(
-        help="Image models: wall-clock budget of the distillation, in minutes.")] = 10.0,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    data_free: DataFreeOpt = False,
+    input_size: InputSizeOpt = 224,
+    distill_minutes: DistillMinutesOpt = 10.0,
 ) -> None:
     """Physically remove attention heads and FFN neurons (transformers) or coupled conv channels (image models:
     MODEL is package.module:function or efficientnet-lite0); save the pruned model and its plan."""
@@ -323,15 +352,10 @@ def prune_command(
     if is_image_model(model):
         if heads_ratio is not None or ffn_ratio is not None:
             raise BadArgumentError("--heads-ratio/--ffn-ratio apply to transformers", "pass --keep-flops")
-        from edgeprune.pipeline.images import ImagePruneSettings
-        from edgeprune.pruning.conv_distill import DistillOptions
-
-        given = {"keep_flops": keep_flops, "criterion": criterion, "recover": recover}
-        _prune_image(ImagePruneSettings(
-            model=str(model), input_size=input_size, allocation=allocation, seed=seed,
-            images=str(images) if images else None, labels=str(labels) if labels else None, data_free=data_free,
-            distill=DistillOptions(minutes=distill_minutes, seed=seed),
-            **{name: value for name, value in given.items() if value is not None}), out_dir)
+        _prune_image(_image_settings(model, keep_flops=keep_flops, criterion=criterion, recover=recover,
+                                     allocation=allocation, seed=seed, images=images, labels=labels,
+                                     data_free=data_free, input_size=input_size, distill_minutes=distill_minutes),
+                     out_dir)
         return
     from edgeprune.models.loading import load_model, save_pruned
     from edgeprune.pruning import kept_macs_fraction
@@ -359,11 +383,26 @@ def prune_command(
         out.print(f"distillation: {plan.recovery['distill_steps']} steps, loss {first:.4f} → {last:.4f}")
 
 
-def _prune_image(settings: ImagePruneSettings, out_dir: Path) -> None:
-    from edgeprune.pipeline.images import prune_image_model
+def _image_settings(model: Path, **given: Any) -> ImagePruneSettings:
+    """The image pipeline's settings from the options the user gave (None: the image defaults, which differ from
+    the transformer ones: magnitude criterion, distillation)."""
+    from edgeprune.pipeline.images import ImagePruneSettings
+    from edgeprune.pruning.conv_distill import DistillOptions
 
+    images, labels = given.pop("images"), given.pop("labels")
+    distill = DistillOptions(minutes=given.pop("distill_minutes"), seed=given["seed"])
+    return ImagePruneSettings(model=str(model), images=str(images) if images else None,
+                              labels=str(labels) if labels else None, distill=distill,
+                              **{name: value for name, value in given.items() if value is not None})
+
+
+def _prune_image(settings: ImagePruneSettings, out_dir: Path) -> None:
+    from edgeprune.budgets import Verdict
+    from edgeprune.pipeline.images import optimize_image_model, prune_image_model
+
+    run = prune_image_model if settings.latency_ms is None else optimize_image_model
     with _progress() as stage:
-        result = prune_image_model(settings, out_dir, stage=stage)
+        result = run(settings, out_dir, stage=stage)
     report = result.report
     out.print(f"kept {report['kept_macs_fraction']:.0%} of the conv/linear MACs (channels in multiples of "
               f"{report['channel_multiple']}) → {result.out_dir} (model.onnx, model.safetensors, channel_plan.json, "
@@ -381,6 +420,13 @@ def _prune_image(settings: ImagePruneSettings, out_dir: Path) -> None:
                   f"{evaluation['top1_agreement']:.3f}{accuracy}", highlight=False)
     else:
         out.print(f"[yellow]{evaluation['note']}[/]")
+    if "verdicts" in report:
+        quantized = report["quantized"]
+        out.print(f"latency table: {len(report['latency_table']['spaces'])} channel spaces timed; predicted "
+                  f"{report['predicted_ms']:.2f} ms fp32 (dense {report['latency_table']['dense_ms']:.2f} ms); "
+                  f"quantized form: {quantized['form']}", highlight=False)
+        _print_verdicts([Verdict.from_dict(v) for v in report["verdicts"]])
+        raise typer.Exit(0 if report["passed"] else EXIT_FAIL)
 
 
 @app.command("export")

@@ -144,3 +144,30 @@ def test_the_cli_prunes_the_packaged_efficientnet_end_to_end(tmp_path) -> None:
     assert report["kept_macs_fraction"] <= 0.88 and report["evaluation"]["held_out_images"] == 6
     assert report["evaluation"]["dense_top1"] >= 0.5  # the labels were matched to the right files
     assert (out / "model.onnx").stat().st_size < 0.95 * 4.65e6 * 4
+
+
+def test_optimize_allocates_by_the_measured_table_quantizes_and_checks_the_budget(factory, image_folder,
+                                                                                  tmp_path) -> None:
+    import json
+
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["optimize", factory, "--images", str(image_folder), "--input-size", "32",
+                                 "--latency-ms", "1000", "--percentile", "p50", "--recover", "lstsq", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["predicted_ms"] <= 1000 and report["passed"] is True
+    assert [v["metric"] for v in report["verdicts"]] == ["latency_p50"] and report["verdicts"][0]["status"] == "PASS"
+    assert (out / "quantized" / "model.onnx").is_file() and not (out / "table").exists()
+    assert set(report["latency_table"]["spaces"]) and report["quantized"]["form"] in report["quantized"]["p50_ms"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--latency-ms", "0.000001"], "raise the latency budget"),
+    ([], "needs a latency budget"),
+    (["--latency-ms", "5", "--profile", "rpi5"], "--profile rpi5: not for image models"),
+])
+def test_optimize_refuses_what_it_cannot_do_for_image_models(factory, image_folder, tmp_path, args, message) -> None:
+    result = runner.invoke(app, ["optimize", factory, "--images", str(image_folder), "--input-size", "32",
+                                 "--recover", "none", *args, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ parity-checked, and writes one directory atomically:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from edgeprune.budgets import Budget, check, passed
 from edgeprune.data.images import image_paths, preprocess_image, read_images, read_labels
 from edgeprune.data.synthesize import SynthesisOptions, synthesize_images
 from edgeprune.devices import detect_host
@@ -32,16 +34,21 @@ from edgeprune.exporting import export_module
 from edgeprune.files import atomic_write_json, staged_dir
 from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.image import ImageModel, load_image_model
+from edgeprune.options import check_percentile, check_positive
 from edgeprune.pipeline import Stage, _silent
+from edgeprune.pruning.channel_latency import allocate_for_latency
 from edgeprune.pruning.channels import (
     CHANNEL_RECOVERY,
     ChannelPlan,
     apply_channel_plan,
     channel_multiple,
+    channel_scores,
     prune_channels,
     self_label_loss,
 )
 from edgeprune.pruning.conv_distill import DistillOptions
+from edgeprune.quantization import quantize
+from edgeprune.search.channel_table import measure_channel_table
 
 PLAN_FILE, WEIGHTS_FILE, SETTINGS_FILE = "channel_plan.json", "model.safetensors", "image_model.json"
 CNN_CRITERIA = ("magnitude", "activation", "taylor", "fisher")
@@ -72,8 +79,14 @@ class ImagePruneSettings:
     synthesis: SynthesisOptions = field(default_factory=SynthesisOptions)
     batch_size: int = 8
     seed: int = 0
+    latency_ms: float | None = None
+    """``optimize_image_model``: the latency budget (ms at ``percentile``, 1 thread, batch 1, on this host); channels
+    are then allocated by importance per measured ms (``keep_flops`` is not used)."""
+    percentile: str = "p90"
 
     def __post_init__(self) -> None:
+        check_percentile(self.percentile)
+        check_positive(latency_ms=self.latency_ms)
         if self.criterion not in CNN_CRITERIA:
             raise BadArgumentError(f"--criterion {self.criterion} does not apply to image models",
                                    f"choose one of: {', '.join(CNN_CRITERIA)}")
@@ -104,7 +117,20 @@ def prune_image_model(settings: ImagePruneSettings, out_dir: Path | str, stage: 
                       ) -> ImagePruneResult:
     """Prune, recover, export and evaluate the image model ``settings.model`` into ``out_dir`` (written atomically;
     refused before any work when it would overwrite an input)."""
-    stage = stage or _silent
+    return _run(settings, out_dir, stage or _silent, optimize=False)
+
+
+def optimize_image_model(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage | None = None,
+                         ) -> ImagePruneResult:
+    """``prune_image_model`` within ``settings.latency_ms``: a channel latency table measured here, channels allocated
+    by importance per measured ms, then the never-slower quantization (``quantization.quantize``, calibrated on the
+    images) and the budget checked by measuring the result; ``report["verdicts"]`` and ``report["passed"]``."""
+    if settings.latency_ms is None:
+        raise BadArgumentError("optimizing an image model needs a latency budget", "pass --latency-ms")
+    return _run(settings, out_dir, stage or _silent, optimize=True)
+
+
+def _run(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage, optimize: bool) -> ImagePruneResult:
     out_dir = Path(out_dir)
     inputs = [Path(p) for p in (settings.images, settings.labels) if p is not None]
     with staged_dir(out_dir, inputs) as staging:
@@ -117,20 +143,28 @@ def prune_image_model(settings: ImagePruneSettings, out_dir: Path | str, stage: 
                 synthesis_start = time.perf_counter()
                 calibration = synthesize_images(dense.module, settings.synthesis, tick).images
                 synthesis_seconds = time.perf_counter() - synthesis_start
-        example = (held_out if held_out is not None else calibration if calibration is not None else
-                   torch.randn(2, 3, settings.input_size, settings.input_size,
-                               generator=torch.Generator().manual_seed(settings.seed)))
+        example = held_out if held_out is not None else torch.randn(
+            8, 3, settings.input_size, settings.input_size, generator=torch.Generator().manual_seed(settings.seed))
         multiple = settings.multiple or channel_multiple(detect_host().cpu.isa)
-        with stage("Pruning" + ("" if settings.recover == "none" else f" and recovering ({settings.recover})")) as tick:
-            batches = None if calibration is None else list(calibration.split(settings.batch_size))
-            pruned, plan = prune_channels(
-                dense.module, example[:1], keep_flops=settings.keep_flops, criterion=settings.criterion,
-                batches=batches, allocation=settings.allocation, multiple=multiple, recovery=settings.recover,
-                loss=self_label_loss if settings.criterion in ("taylor", "fisher") else None, seed=settings.seed,
-                distill=settings.distill, tick=tick)
-        with stage("Exporting to ONNX (parity-checked)"):
-            export_module(pruned, staging / "model.onnx", example[:8])
         graph = channel_graph(dense.module, example[:1])
+        batches = None if calibration is None else list(calibration.split(settings.batch_size))
+        loss = self_label_loss if settings.criterion in ("taylor", "fisher") else None
+        target: dict[str, object] = {"keep_flops": settings.keep_flops}
+        if optimize:
+            scores = channel_scores(dense.module, graph, settings.criterion, batches, loss=loss, seed=settings.seed)
+            with stage("Timing the channel latency table") as tick:
+                table = measure_channel_table(dense.module, example[:8], graph, staging / "table", multiple=multiple,
+                                              tick=tick)
+            keep = allocate_for_latency(graph, scores, table, settings.latency_ms, multiple,
+                                        comparable=loss is not None)
+            target = {"keep": keep}
+        with stage("Pruning" + ("" if settings.recover == "none" else f" and recovering ({settings.recover})")) as tick:
+            pruned, plan = prune_channels(
+                dense.module, example[:1], criterion=settings.criterion, batches=batches,
+                allocation=settings.allocation, multiple=multiple, recovery=settings.recover, loss=loss,
+                seed=settings.seed, distill=settings.distill, tick=tick, **target)
+        with stage("Exporting to ONNX (parity-checked)"):
+            fp32 = export_module(pruned, staging / "model.onnx", example[:8]).onnx_path
         report: dict[str, object] = {
             "model": settings.model, "input_size": settings.input_size,
             "kept_macs_fraction": round(layer_macs(pruned, channel_graph(pruned, example[:1]))
@@ -143,6 +177,21 @@ def prune_image_model(settings: ImagePruneSettings, out_dir: Path | str, stage: 
         }
         if settings.data_free:
             report["synthesis_seconds"] = round(synthesis_seconds, 1)
+        if optimize:
+            report["latency_table"] = table.to_dict()
+            report["predicted_ms"] = round(table.predict(
+                {s.name: len(k) for s, k in zip(graph.spaces, plan.spaces.values())}), 4)
+            shutil.rmtree(staging / "table")
+            real = calibration if calibration is not None and not settings.data_free else example
+            feeds = [{"input": b.numpy()} for b in real.split(1)[:32]]
+            with stage("Quantizing (the fastest form that keeps quality; fp32 when none is faster)"):
+                quantized = quantize(fp32, staging / "quantized", "host", calibration=feeds)
+            with stage("Measuring against the budget"):
+                budget = Budget(latency_ms=settings.latency_ms, percentile=settings.percentile)
+                lines, _ = check(quantized.onnx_path, "host", budget, threads=1)
+            report["quantized"] = {"form": quantized.chosen, "p50_ms": quantized.p50_ms, "notes": quantized.notes}
+            report["verdicts"] = [line.to_dict() for line in lines]
+            report["passed"] = passed(lines)
         report["seconds"] = round(time.perf_counter() - start, 1)
         plan.save(staging / PLAN_FILE)
         safetensors.torch.save_file({k: v.contiguous() for k, v in pruned.state_dict().items()},

@@ -66,6 +66,9 @@ class DistillOptions:
     mix: float = 0.5
     """Share of batches mixed (mixup and cutmix alternating)."""
     check_every: int = 50
+    dropout: bool = False
+    """Keep the model's dropout and drop-connect active while distilling (off: every step sees the whole
+    network, as the deployed model does)."""
     start: str = "lstsq"
     """``lstsq``: begin from a least-squares re-fit of the readers on the training images (never the held-aside
     ones); ``none``: from the sliced weights."""
@@ -129,7 +132,7 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
     before = held_aside_fit(dense, pruned, held)
     best_kl, best_state, rollbacks, losses = before[0], copy.deepcopy(pruned.state_dict()), 0, []
     start, planned, step, stopped_by = time.perf_counter(), options.steps, 0, "steps"
-    with torch.random.fork_rng(), _frozen_batchnorm(pruned):
+    with torch.random.fork_rng(), _frozen_batchnorm(pruned, options.dropout):
         torch.manual_seed(options.seed)  # dropout / drop-connect inside the model
         while step < planned:
             batch = augment(train[torch.randint(len(train), (options.batch_size,), generator=generator)],
@@ -150,7 +153,7 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
             if step % options.check_every == 0 or step >= planned or stopped_by == "minutes":
                 pruned.eval()
                 kl = held_aside_fit(dense, pruned, held)[0]
-                pruned.train()
+                _train_mode(pruned, options.dropout)
                 if kl <= best_kl:
                     best_kl, best_state = kl, copy.deepcopy(pruned.state_dict())
                 else:
@@ -212,16 +215,21 @@ def _outputs(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch
 
 
 @contextmanager
-def _frozen_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Train mode (dropout, drop-connect) with every BatchNorm in eval mode: its running statistics stay."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+def _frozen_batchnorm(model: nn.Module, dropout: bool) -> Iterator[None]:
+    """The model trains with every BatchNorm's running statistics kept; eval mode again afterwards."""
+    _train_mode(model, dropout)
     try:
         yield
     finally:
         model.eval()
+
+
+def _train_mode(model: nn.Module, dropout: bool) -> None:
+    """Train mode for dropout / drop-connect when ``dropout``, else eval mode throughout; BatchNorm always eval."""
+    model.train(dropout)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 @torch.no_grad()
