@@ -10,6 +10,13 @@ size, top-1 on the evaluation images and top-1 agreement with the dense fp32 mod
 Magnitude uses a uniform ratio per channel space; Taylor and Fisher (of the self-label
 cross-entropy, per calibration image) rank units across spaces by score per MAC. Channel
 counts are rounded to the host's multiple; one extra row shows the same plan without rounding.
+``magnitude-latency`` rows allocate magnitude scores per measured ms of a channel latency table
+(each space cut to 1/2 and 1/4, timed here) for a budget of dense fp32 / level, instead of by MACs.
+Distillation rows (magnitude, uniform, at each level): 10 minutes of distillation from the dense
+model on the 84 calibration images (every 8th held aside for the roll-back guard), and at the
+first level the data-free variant, distilled on images synthesized from the dense model's
+BatchNorm statistics (its minutes include the synthesis). int8 is calibrated on the calibration
+images in every row.
 
 VAE: trained here on scikit-learn's digits (1400 train / 397 test), encoder channels pruned
 by the Taylor sensitivity of the reconstruction loss through the decoder (plain mean vs EMA
@@ -31,6 +38,7 @@ import torch
 
 from edgeprune import runtime
 from edgeprune.data.images import load_imagenet_sample
+from edgeprune.data.synthesize import SynthesisOptions, synthesize_images
 from edgeprune.devices import detect_host
 from edgeprune.exporting import export_module
 from edgeprune.files import size_mb
@@ -38,15 +46,23 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.models.vae import ConvVAE, load_digits_images, psnr, reconstruction_loss, train_vae
 from edgeprune.profiling.measure import compare_latency
+from edgeprune.pruning.channel_latency import allocate_for_latency
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
+from edgeprune.pruning.conv_distill import DistillOptions
 from edgeprune.pruning.importance import Accumulation
 from edgeprune.quantization import int8_scheme, static_int8
+from edgeprune.search.channel_table import measure_channel_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (1.3, 1.6)
 KEEP_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
 CRITERIA = {"magnitude": "uniform", "taylor": "global", "fisher": "global"}
 RECOVERIES = ("none", "bn", "lstsq")
+DISTILL_CRITERION = "magnitude"
+"""Magnitude + uniform allocation: chosen by a 3-minute trial at 75% of MACs, compared on the distillation's
+held-aside calibration images (top-1 agreement 0.5 vs 0.3 for Taylor + global), not on the evaluation images."""
+DISTILL = DistillOptions(minutes=10.0, resolution=160)
+SYNTHESIS = SynthesisOptions()
 VAE_KEEP = (0.8, 0.65, 0.5, 0.4, 0.3)
 
 
@@ -99,19 +115,63 @@ def efficientnet_table(work: Path) -> list[dict]:
             reaching = [k for k in KEEP_GRID if speed[k] >= level]
             chosen[(criterion, level)] = max(reaching) if reaching else min(KEEP_GRID)
 
+    # Latency-aware allocation: magnitude scores per ms of a latency table measured here, at the budget dense/level.
+    start = time.perf_counter()
+    table = measure_channel_table(model, images[:8], graph, work / "table", multiple=multiple)
+    masks = {level: allocate_for_latency(graph, scores["magnitude"], table, table.dense_ms / level, multiple,
+                                         comparable=False) for level in LEVELS}
+    print(f"  latency table: {sum(len(p) - 1 for p in table.spaces.values())} points over {len(table.spaces)} "
+          f"channel spaces, dense {table.dense_ms:.2f} ms [{time.perf_counter() - start:.0f} s]")
+    for level in LEVELS:
+        chosen[("magnitude-latency", level)] = None
+
+    def target(criterion: str, level: float, keep: float | None) -> dict:
+        if criterion == "magnitude-latency":
+            return {"keep": masks[level]}
+        return {"keep_flops": keep, "scores": scores[criterion], "allocation": CRITERIA[criterion]}
+
     rows, models = [], {("dense", 0.0, "none"): dense}
     for (criterion, level), keep in chosen.items():
         for recovery in RECOVERIES:
             start = time.perf_counter()
-            pruned, plan = prune_channels(model, example, keep_flops=keep, scores=scores[criterion],
-                                          allocation=CRITERIA[criterion], multiple=multiple,
-                                          batches=calibration, recovery=recovery)
+            pruned, plan = prune_channels(model, example, multiple=multiple, batches=calibration, recovery=recovery,
+                                          **target(criterion, level, keep))
             seconds = time.perf_counter() - start
             models[(criterion, level, recovery)] = build(f"{criterion}-{level}-{recovery}", pruned)
             macs = layer_macs(pruned, channel_graph(pruned, example)) / layer_macs(model, graph)
             rows.append({"criterion": criterion, "level": level, "keep_flops": keep, "macs": round(macs, 3),
                          "recovery": recovery,
                          "recovery_seconds": round(seconds, 1), "plan_recovery": plan.recovery})
+    # Distillation on the calibration images (their every 8th held aside for the guard), and data-free: images
+    # synthesized from the dense model's BatchNorm statistics. Evaluated on the other 250 images, never trained on.
+    synthesis_seconds = 0.0
+    for level in LEVELS:
+        keep = chosen[(DISTILL_CRITERION, level)]
+        sources = {"distill": calibration}
+        if level == LEVELS[0]:
+            start = time.perf_counter()
+            synthesized = synthesize_images(model, SYNTHESIS)
+            synthesis_seconds = time.perf_counter() - start
+            print(f"  data-free: {SYNTHESIS.count} images of {SYNTHESIS.size} px synthesized in "
+                  f"{synthesis_seconds:.0f} s "
+                  f"(BatchNorm-statistics loss of the first batch {synthesized.bn_loss_first_last[0]:.0f} → "
+                  f"{synthesized.bn_loss_first_last[1]:.0f})")
+            sources["distill-data-free"] = list(synthesized.images.split(8))
+        for recovery, batches in sources.items():
+            start = time.perf_counter()
+            pruned, plan = prune_channels(model, example, keep_flops=keep, scores=scores[DISTILL_CRITERION],
+                                          allocation=CRITERIA[DISTILL_CRITERION], multiple=multiple,
+                                          batches=batches, recovery="distill", distill=DISTILL)
+            seconds = time.perf_counter() - start + (synthesis_seconds if recovery.endswith("data-free") else 0.0)
+            models[(DISTILL_CRITERION, level, recovery)] = build(f"{DISTILL_CRITERION}-{level}-{recovery}", pruned)
+            report = {k: v for k, v in plan.recovery.items() if k != "start"}
+            print(f"  {recovery} at {level}x (keep {keep}): {report['steps']} steps in {report['seconds']:.0f} s "
+                  f"(stopped by {report['stopped_by']}), held-aside KL {report['held_kl_before']:.3f} → "
+                  f"{report['held_kl_after']:.3f}, {report['rollbacks']} roll-backs")
+            macs = layer_macs(pruned, channel_graph(pruned, example)) / layer_macs(model, graph)
+            rows.append({"criterion": DISTILL_CRITERION, "level": level, "keep_flops": keep, "recovery": recovery,
+                         "macs": round(macs, 3),
+                         "recovery_seconds": round(seconds, 1), "plan_recovery": report})
     unrounded, _ = prune_channels(model, example, keep_flops=chosen[("taylor", LEVELS[0])],
                                   scores=scores["taylor"], allocation="global", multiple=1)
     unrounded_fp32 = export_module(unrounded, work / "taylor-unrounded.onnx", images[:8]).onnx_path
@@ -154,9 +214,14 @@ def efficientnet_table(work: Path) -> list[dict]:
           f"dense {ms[('dense', 0.0, 'fp32')][1]:.2f} ms")
     best = max((r for r in table if r["level"] == LEVELS[0] and r["precision"] == "fp32"),
                key=lambda r: r["agreement"])
-    verdict = "met" if best["agreement"] >= 0.95 else "MISSED"
-    print(f"target (>= 95% top-1 agreement at {LEVELS[0]}x fp32 speedup, no fine-tuning): {verdict} — best "
-          f"{best['agreement']:.3f} ({best['criterion']}, {best['recovery']}, measured {best['speedup_1t']:.2f}x)")
+    print(f"retraining-free at {LEVELS[0]}x fp32 speedup: best {best['agreement']:.3f} top-1 agreement "
+          f"({best['criterion']}, {best['recovery']}, measured {best['speedup_1t']:.2f}x)")
+    for recovery, level, goal in (("distill", LEVELS[0], 0.90), ("distill", LEVELS[1], 0.80),
+                                  ("distill-data-free", LEVELS[0], 0.75)):
+        row = next(r for r in table if (r["recovery"], r["level"], r["precision"]) == (recovery, level, "fp32"))
+        print(f"target ({recovery}: >= {goal:.2f} top-1 agreement at {level}x fp32 speedup, <= 10 min on 2 cores): "
+              f"{'met' if row['agreement'] >= goal else 'MISSED'} — {row['agreement']:.3f} at measured "
+              f"{row['speedup_1t']:.2f}x, {row['recovery_seconds'] / 60:.1f} min")
     return table
 
 

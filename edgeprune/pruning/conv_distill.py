@@ -56,7 +56,10 @@ class DistillOptions:
     minutes: float | None = 10.0
     """Wall-clock budget (None: only ``steps``)."""
     batch_size: int = 16
-    lr: float = 3e-4
+    lr: float = 1e-3
+    """Chosen on EfficientNet-Lite0 at 75% of MACs by 3-minute runs, compared on the held-aside calibration images:
+    KL 2.17 at 1e-3 vs 2.45 at 3e-4 (from 3.40); without feature matching 2.78 and 2.22 — runs this short are noisy
+    (±0.3), so these are a reasonable choice, not an optimum."""
     temperature: float = 2.0
     feature_weight: float = 1.0
     """Weight of the feature-matching term (0 = logits only)."""
