@@ -95,12 +95,17 @@ def image_paths(folder: Path | str) -> list[Path]:
 
 def read_images(folder: Path | str) -> list[object]:
     """Every image in ``folder`` (recursively, sorted by path) as an RGB ``PIL.Image``."""
+    return open_images(image_paths(folder))
+
+
+def open_images(paths: list[Path]) -> list[object]:
+    """The images at ``paths`` as RGB ``PIL.Image``s; an unreadable file is one clear error."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise EdgepruneError("reading images needs Pillow", "pip install 'edgeprune[vision]'") from None
     images = []
-    for path in image_paths(folder):
+    for path in paths:
         try:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))

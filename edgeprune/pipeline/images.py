@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from edgeprune.budgets import Budget, check, passed
-from edgeprune.data.images import image_paths, preprocess_image, read_images, read_labels
+from edgeprune.data.images import image_paths, open_images, preprocess_image, read_labels
 from edgeprune.data.synthesize import SynthesisOptions, synthesize_images
 from edgeprune.devices import detect_host
 from edgeprune.errors import BadArgumentError, EdgepruneError
@@ -222,8 +222,7 @@ def _read(settings: ImagePruneSettings) -> tuple[torch.Tensor | None, torch.Tens
         return None, None, None
     paths = image_paths(settings.images)
     resize = round(settings.input_size * 256 / 224)
-    tensors = torch.stack([preprocess_image(image, resize, settings.input_size)
-                           for image in read_images(settings.images)])
+    tensors = torch.stack([preprocess_image(image, resize, settings.input_size) for image in open_images(paths)])
     held = torch.arange(len(paths)) % EVALUATE_EVERY == EVALUATE_EVERY - 1
     if not bool(held.any()):
         raise BadArgumentError(f"'{settings.images}' holds {len(paths)} image(s): none is left to evaluate on",

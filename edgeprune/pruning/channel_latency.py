@@ -21,6 +21,7 @@ import torch
 
 from edgeprune.errors import PlanError
 from edgeprune.models.conv import ChannelGraph
+from edgeprune.pruning.channels import keep_per_space
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,10 @@ def allocate_for_latency(graph: ChannelGraph, scores: torch.Tensor, table: Chann
     def keep_top(k: int) -> tuple[torch.Tensor, float]:
         chosen = torch.zeros(graph.num_units, dtype=torch.bool)
         chosen[order[:k]] = True
-        keep = torch.ones(graph.num_units, dtype=torch.bool)
-        counts = {}
-        for space in graph.spaces:
-            units = torch.tensor(space.units)
-            count = min(len(units), max(multiple, math.ceil(int(chosen[units].sum()) / multiple) * multiple))
-            keep[units] = False
-            keep[units[torch.argsort(-priority[units] + (~chosen[units]).float() * 1e30, stable=True)[:count]]] = True
-            counts[space.name] = count
-        return keep, table.predict(counts)
+        # rounding up adds the units with the most importance per ms that the ranking left out
+        keep = keep_per_space(graph, lambda units: int(chosen[units].sum()), priority - (~chosen).float() * 1e30,
+                              multiple)
+        return keep, table.predict({s.name: int(keep[list(s.units)].sum()) for s in graph.spaces})
 
     keep, ms = keep_top(0)
     if ms > budget_ms:

@@ -198,7 +198,7 @@ def _mask_gradients(model: nn.Module, graph: ChannelGraph, batch: torch.Tensor, 
 
 def allocate(graph: ChannelGraph, scores: torch.Tensor, keep_ratio: float, multiple: int = 1) -> torch.Tensor:
     """Keep the top ``keep_ratio`` of every space by score, rounded up to a multiple of ``multiple`` channels."""
-    return _keep_per_space(graph, lambda units: keep_ratio * len(units), scores, multiple)
+    return keep_per_space(graph, lambda units: keep_ratio * len(units), scores, multiple)
 
 
 def allocate_global(graph: ChannelGraph, scores: torch.Tensor, costs: torch.Tensor, keep_units: int,
@@ -214,18 +214,24 @@ def allocate_global(graph: ChannelGraph, scores: torch.Tensor, costs: torch.Tens
     chosen[order[:keep_units]] = True
     # rounding up adds the best-scoring units the global ranking left out
     priority = scores - (~chosen).float() * 1e30
-    return _keep_per_space(graph, lambda units: int(chosen[units].sum()), priority, multiple)
+    return keep_per_space(graph, lambda units: int(chosen[units].sum()), priority, multiple)
 
 
-def _keep_per_space(graph: ChannelGraph, wanted: Callable[[torch.Tensor], float], priority: torch.Tensor,
-                    multiple: int) -> torch.Tensor:
+def rounded_count(wanted: float, size: int, multiple: int) -> int:
+    """``wanted`` channels of a space of ``size`` rounded up to a multiple of ``multiple`` (at least one multiple,
+    at most all)."""
+    return min(size, max(multiple, math.ceil(round(wanted, 6) / multiple) * multiple))
+
+
+def keep_per_space(graph: ChannelGraph, wanted: Callable[[torch.Tensor], float], priority: torch.Tensor,
+                   multiple: int) -> torch.Tensor:
     """In every space keep ``wanted(units)`` units rounded up to a multiple of ``multiple`` (at least one
     multiple, at most all), highest ``priority`` first; ties go to the lower unit."""
     keep = torch.ones(graph.num_units, dtype=torch.bool)
     for space in graph.spaces:
         units = torch.tensor(space.units)
         keep[units] = False
-        count = min(len(units), max(multiple, math.ceil(round(wanted(units), 6) / multiple) * multiple))
+        count = rounded_count(wanted(units), len(units), multiple)
         keep[units[torch.argsort(-priority[units], stable=True)[:count]]] = True
     return keep
 

@@ -9,7 +9,6 @@ every point alike. Which channels are cut does not change latency, so the first 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from edgeprune.exporting import export_module
 from edgeprune.models.conv import ChannelGraph, slice_channels
 from edgeprune.profiling.measure import compare_latency
 from edgeprune.pruning.channel_latency import ChannelLatencyTable
+from edgeprune.pruning.channels import rounded_count
 
 CHANNEL_GRID = (0.5, 0.25)
 """Fractions of a space's channels in the table, besides the dense count."""
@@ -38,7 +38,7 @@ def measure_channel_table(model: nn.Module, example: torch.Tensor, graph: Channe
     points: list[tuple[str, int]] = []
     for space in graph.spaces:
         size = len(space.units)
-        for count in sorted({min(size, max(multiple, math.ceil(size * f / multiple) * multiple)) for f in grid}):
+        for count in sorted({rounded_count(size * f, size, multiple) for f in grid}):
             if count < size:
                 points.append((space.name, count))
     paths = [export_module(model, work / "dense.onnx", example).onnx_path]
