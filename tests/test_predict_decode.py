@@ -25,8 +25,8 @@ def _rates(threads: int) -> HostRates:
     """A host streaming 10 GB/s per thread, with GEMMs of a small core."""
     return HostRates(threads=threads, gemm=[GemmRate(16, 64, 64, 10.0 * threads, 20.0 * threads),
                                             GemmRate(128, 384, 1536, 50.0 * threads, 150.0 * threads)],
-                     conv=[ConvRate("dense", 40.0 * threads, 10.0 * threads),
-                           ConvRate("depthwise", 5.0 * threads, 1.0 * threads)],
+                     conv=[ConvRate("dense", 1e6, 40.0 * threads, 10.0 * threads),
+                           ConvRate("depthwise", 1e6, 5.0 * threads, 1.0 * threads)],
                      bandwidth_gbs=10.0 * threads, call_overhead_us=4.0)
 
 

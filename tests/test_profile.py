@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import re
 
 import pytest
@@ -138,3 +139,32 @@ def test_operator_profile_counts_the_encoder_work(tiny_onnx, tiny_bert_dir) -> N
     # at seq 16 the largest live set is a few [1, 16, 96] FFN and [1, 6, 16, 16] score tensors, far below the total
     total_outputs = sum(op.traffic for op in ops.ops)
     assert 4 * 16 * 96 <= ops.peak_activation_bytes < total_outputs / 4
+
+
+def test_operator_profile_tells_convolution_kinds_apart_in_fp32_and_int8(tmp_path) -> None:
+    """The optimized graph (fused, NCHWc on x86; ConvInteger after dynamic quantization) keeps each kind."""
+    import torch
+    from torch import nn
+
+    from edgeprune.int8 import dynamic_int8, int8_scheme
+    from edgeprune.profiling.operators import profile_operators
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16),
+                          nn.Conv2d(16, 32, 1), nn.ReLU(), nn.ZeroPad2d(2), nn.Conv2d(32, 32, 5, 1, 0, groups=32),
+                          nn.Conv2d(32, 32, 3, 1, 1)).eval()
+    path = tmp_path / "cnn.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["pixel_values"],
+                          opset_version=17, dynamo=False)
+    expected = ["dense-strided", "depthwise", "pointwise", "depthwise-5x5", "dense"]
+    for graph in (path, dynamic_int8(path, tmp_path / "cnn-int8.onnx", int8_scheme(detect_host()))):
+        ops = profile_operators(graph, threads=1, runs=2, warmup=1)
+        assert sorted(op.conv_kind for op in ops.ops if "Conv" in op.op_type) == sorted(expected)
+    # each ConvInteger's int32 output is cast, scaled and biased back to float, the first and third get their ReLU as
+    # a node and the fourth its explicit Pad: scaffolding the fp32 graph does not have (it fuses both into its Conv)
+    integer = [op.name for op in ops.ops if op.op_type == "ConvInteger"]
+    scaffolding = collections.Counter((op.dequantizes, op.op_type) for op in ops.ops if op.dequantizes)
+    assert scaffolding == {**{(name, op_type): 1 for name in integer for op_type in ("Cast", "Mul", "Add")},
+                           (integer[0], "Relu"): 1, (integer[2], "Relu"): 1, (integer[3], "Pad"): 1}
+    assert "Pad" not in {op.op_type for op in profile_operators(path, threads=1, runs=2, warmup=1).ops}

@@ -13,7 +13,7 @@ import math
 import statistics
 import tempfile
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +51,11 @@ class OpTiming:
     """Median kernel time over the timed runs."""
     weight_bytes: float = 0.0
     """Bytes of constant inputs (weights): a GEMM with weights is one dynamic quantization turns to int8."""
-    reduction: float = 0.0
-    """GEMM-class nodes: products summed per output element (K; Cin/groups·kh·kw for a convolution)."""
+    conv_kind: str = ""
+    """Convolutions: ``conv_kind`` of their weights and strides, which picks the host probe they are priced by."""
+    dequantizes: str = ""
+    """The integer GEMM (ConvInteger, MatMulInteger) this node serves: the Cast/Mul/bias Add turning its int32 output
+    back to float, or an activation or Pad a float Conv would fuse; nodes the float graph does not have."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,14 +120,16 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
             per_node[event["name"].removesuffix("_kernel_time")].append(event)
         elif event.get("cat") == "Session" and event["name"] == "SequentialExecutor::Execute":
             walls.append(event["dur"] / 1e3)
+    scaffolding = _dequantization_scaffolding(graph, weights)
     ops = []
     for name, records in per_node.items():
         timed = records[warmup:] or records
         args = timed[-1]["args"]
         node = nodes.get(name)
-        ops.append(node_timing(name, args["op_name"], args.get("input_type_shape", []),
-                               args.get("output_type_shape", []), node, weights,
-                               ms=statistics.median(r["dur"] for r in timed) / 1e3))
+        ops.append(replace(node_timing(name, args["op_name"], args.get("input_type_shape", []),
+                                       args.get("output_type_shape", []), node, weights,
+                                       ms=statistics.median(r["dur"] for r in timed) / 1e3),
+                           dequantizes=scaffolding.get(name, "")))
     output_bytes = {name: [math.prod(shape) * ITEMSIZE.get(dtype, 4) for spec in records[-1]["args"].get(
         "output_type_shape", []) for dtype, shape in spec.items()] for name, records in per_node.items()}
     return OperatorProfile(ops=ops, wall_ms=statistics.median(walls[warmup:] or walls), threads=threads,
@@ -132,6 +137,43 @@ def profile_operators(onnx_path: Path | str, threads: int, *, batch: int = 1, se
                            weight_bytes=float(sum(math.prod(d) * size for d, size in weights.values())),
                            int8_weight_bytes=float(sum(math.prod(d) for d, size in weights.values() if size == 1)),
                            peak_activation_bytes=_peak_live_bytes(list(per_node), nodes, output_bytes, graph))
+
+
+FUSED_INTO_FLOAT_CONV = frozenset({"Relu", "Clip", "Sigmoid", "Tanh", "LeakyRelu", "HardSigmoid", "Pad"})
+"""Nodes onnxruntime fuses into a float Conv (activations into FusedConv, an explicit Pad into its pads) but leaves
+as nodes around a ConvInteger."""
+
+
+def _dequantization_scaffolding(graph: onnx.GraphProto, weights: dict[str, tuple[list[int], int]]) -> dict[str, str]:
+    """Node name → the integer GEMM it dequantizes: the single-consumer chain after a ConvInteger/MatMulInteger of a
+    Cast, the Mul by the scales and an Add of a constant bias (an Add of two activations is the model's own), and
+    around a ConvInteger what the float graph fuses into its Conv: the activation after it, the Pad before the
+    input's DynamicQuantizeLinear."""
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    producer = {tensor: node for node in graph.node for tensor in node.output}
+    for node in graph.node:
+        for tensor in node.input:
+            consumers[tensor].append(node)
+    found = {}
+    for node in graph.node:
+        if node.op_type not in ("ConvInteger", "MatMulInteger"):
+            continue
+        conv = node.op_type == "ConvInteger"
+        quantize = producer.get(node.input[0])
+        if conv and quantize is not None and quantize.op_type == "DynamicQuantizeLinear":
+            pad = producer.get(quantize.input[0])
+            if pad is not None and pad.op_type == "Pad" and len(consumers[pad.output[0]]) == 1:
+                found[pad.name] = node.name
+        tensor = node.output[0]
+        chain = (("Cast",), ("Mul",), ("Add",), FUSED_INTO_FLOAT_CONV - {"Pad"} if conv else ())
+        for op_types in chain:
+            after = consumers.get(tensor, [])
+            if len(after) != 1 or after[0].op_type not in op_types or (
+                    after[0].op_type == "Add" and not any(name in weights for name in after[0].input)):
+                break
+            found[after[0].name] = node.name
+            tensor = after[0].output[0]
+    return found
 
 
 def _peak_live_bytes(order: list[str], nodes: dict[str, onnx.NodeProto], output_bytes: dict[str, list[float]],
@@ -171,13 +213,31 @@ def node_timing(name: str, op_type: str, inputs: list[dict[str, list[int]]], out
     if op_type in GEMM_FP32 or op_type in GEMM_INT8:
         op_class = "gemm_int8" if op_type in GEMM_INT8 else "gemm_fp32"
         if "Attention" in op_type:
-            work, reduction = _attention_work(inputs, names, weights), (_shape(inputs, 0) or [1])[-1]
+            work = _attention_work(inputs, names, weights)
         else:
-            reduction = _reduction(op_type, inputs, names, weights)
-            work = 2.0 * out_elements * reduction
-        return OpTiming(name, op_type, op_class, work, traffic, ms, weight_bytes, float(reduction))
+            work = 2.0 * out_elements * _reduction(op_type, inputs, names, weights)
+        kind = ""
+        if "Conv" in op_type:
+            shape = next((weights[n][0] for n in names[1:] if n in weights and len(weights[n][0]) == 4), None)
+            strides = next((list(a.ints) for a in node.attribute if a.name == "strides"), []) if node else []
+            kind = conv_kind(shape, strides)
+        return OpTiming(name, op_type, op_class, work, traffic, ms, weight_bytes, kind)
     op_class = "tiny" if traffic < TINY_BYTES else "memory"
     return OpTiming(name, op_type, op_class, float(out_elements), traffic, ms, weight_bytes)
+
+
+def conv_kind(weight_shape: list[int] | None, strides: list[int]) -> str:
+    """``pointwise`` (1×1), ``depthwise`` (one input channel per group, 3×3 or smaller), ``depthwise-5x5`` (5×5 or
+    larger), ``dense-strided`` or ``dense``: kinds onnxruntime runs through different kernels at very different
+    rates. ``dense`` when the weights are not a 4-D initializer (a 1-D or 3-D convolution, or weights computed)."""
+    if weight_shape is None:
+        return "dense"
+    _, per_group, kh, kw = weight_shape
+    if per_group == 1:
+        return "depthwise-5x5" if kh * kw >= 25 else "depthwise"
+    if kh * kw == 1:
+        return "pointwise"
+    return "dense-strided" if any(s > 1 for s in strides) else "dense"
 
 
 def _attention_work(inputs: list[dict[str, list[int]]], names: list[str],

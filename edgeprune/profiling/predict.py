@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from edgeprune.devices import DeviceProfile, Quantity, detect_host
 from edgeprune.profiling.characterize import HostRates, host_rates
-from edgeprune.profiling.operators import ROWWISE, OperatorProfile, OpTiming
+from edgeprune.profiling.operators import FUSED_INTO_FLOAT_CONV, ROWWISE, OperatorProfile, OpTiming
 
 DRAM_BOUND_BYTES = 4 * 2**20
 """Element-wise nodes moving more than this stream from DRAM; smaller ones stay in cache."""
@@ -46,7 +46,8 @@ class Prediction:
 
     @property
     def low_ms(self) -> float:
-        return self.latency_ms * (1 - self.band)
+        """Never below zero: a calibrated band can reach ±100% and more (``calibrate.ANCHOR_BAND``)."""
+        return self.latency_ms * max(1 - self.band, 0.0)
 
     @property
     def high_ms(self) -> float:
@@ -88,8 +89,31 @@ def predict_latency(ops: OperatorProfile, device: DeviceProfile, *, threads: int
         basis = [f"calibrated on {len(calibration.anchors)} on-device measurement(s): ±{band:.0%}"]
     else:
         band, basis = error_band(device, threads, ops.threads, host, scale.soft_figures)
+    if not device.is_host:
+        basis += device_assumptions(device, threads, int8=any(op.op_class == "gemm_int8" for op in ops.ops))
     return Prediction(device=device.name, threads=threads, latency_ms=total, band=band, basis=basis,
                       per_class_ms=dict(per_class))
+
+
+def device_assumptions(device: DeviceProfile, threads: int, int8: bool) -> list[str]:
+    """What the prediction assumes of the target's cores that no measurement here can check, named so a user with
+    the device knows what to verify: the int8 path, fp16 arithmetic left unused, the cluster the threads run on."""
+    cluster = device.cluster
+    said = []
+    if int8 and device.cpu.arch == "arm64":
+        rate = f"{cluster.int8_ops_per_cycle.value:g} ops/cycle ({cluster.int8_ops_per_cycle.kind})"
+        said.append(f"int8 GEMMs at the SDOT dot-product rate, {rate}" if device.has("dotprod") else
+                    f"no dot product (ARMv8.0): int8 GEMMs by widening multiply-adds, {rate}")
+    if device.has("fp16"):
+        said.append("fp32 graphs run in fp32: the cores' fp16 arithmetic is assumed unused by onnxruntime's CPU "
+                    "provider")
+    if len(device.cpu.clusters) > 1:
+        others = ", ".join(f"{c.core} x{c.count.value:g}" for i, c in enumerate(device.cpu.clusters)
+                           if i != device.runtime.cluster)
+        said.append(f"{threads} thread(s) on the {cluster.core} cluster ({cluster.count.value:g} cores) only; "
+                    f"{others} idle" + (f"; {threads - int(cluster.count.value)} thread(s) beyond the cluster "
+                                        f"assumed as fast" if threads > cluster.count.value else ""))
+    return said
 
 
 @dataclass
@@ -97,8 +121,8 @@ class _Scale:
     """Multipliers from a host node's time to the target's."""
 
     source: HostRates
-    gemm: Callable[[str, float, float, bool], float]
-    """(op type, work, reduction, int8) → target rate in operations/s."""
+    gemm: Callable[[str, float, str, bool], float]
+    """(op type, work, convolution kind, int8) → target rate in operations/s."""
     memory: Callable[[float, bool], float]
     """(bytes moved, row-wise op) of an element-wise node → host rate over the target's."""
     clock: float
@@ -107,8 +131,8 @@ class _Scale:
     def node(self, op: OpTiming) -> float:
         if op.op_class in ("gemm_fp32", "gemm_int8"):
             int8 = op.op_class == "gemm_int8"
-            return (self.source.rate(op.op_type, op.work, op.reduction, int8)
-                    / self.gemm(op.op_type, op.work, op.reduction, int8))
+            return (self.source.rate(op.op_type, op.work, op.conv_kind, int8)
+                    / self.gemm(op.op_type, op.work, op.conv_kind, int8))
         if op.op_class == "memory":
             return self.memory(op.traffic, op.op_type in ROWWISE)
         return self.clock
@@ -132,8 +156,8 @@ def _ratios(device: DeviceProfile, threads: int, host: DeviceProfile, source: Ho
     int8 = cluster.int8_ops_per_cycle.value * cluster.clock_ghz * 1e9 / host_int8
     clock = host_fp32 / (host.cluster.fp32_flops_per_cycle.value * 1e9) / cluster.clock_ghz
 
-    def gemm(op_type: str, work: float, reduction: float, is_int8: bool) -> float:
-        return one.rate(op_type, work, reduction, is_int8) * (int8 if is_int8 else fp32) * parallel
+    def gemm(op_type: str, work: float, conv_kind: str, is_int8: bool) -> float:
+        return one.rate(op_type, work, conv_kind, is_int8) * (int8 if is_int8 else fp32) * parallel
 
     bandwidth = dram_bandwidth(device)
     if bandwidth is None:
@@ -207,23 +231,30 @@ def swap_precision(ops: OperatorProfile, to_int8: bool, rates: Rates = host_rate
     """The profile the same model would have with its weight GEMMs in int8 (dynamic quantization) or back in fp32.
 
     Each GEMM that has weights is re-timed by the ratio of this host's measured fp32 and
-    int8 rates at its size, convolutions by the conv probes (the int8 probes include
-    quantizing the input, as DynamicQuantizeMatMul and ConvInteger graphs do); going back
-    to fp32 drops the graph's standalone DynamicQuantizeLinear nodes. Element-wise nodes
-    are kept as they are.
+    int8 rates at its size, convolutions by the conv probes of their kind. The int8 probes
+    time whole quantized graphs (quantizing the input, the integer kernel, casting and
+    scaling its output back), so going back to fp32 re-times an integer GEMM together with
+    its dequantization scaffolding and drops that scaffolding, the activations and Pads a
+    float Conv fuses and the graph's standalone DynamicQuantizeLinear nodes. Other
+    element-wise nodes are kept as they are.
     """
     source = rates(ops.threads)
+    scaffolding: dict[str, float] = defaultdict(float)
+    for op in ops.ops:
+        if op.dequantizes and op.op_type not in FUSED_INTO_FLOAT_CONV:  # fused away in fp32: dropped, not re-timed
+            scaffolding[op.dequantizes] += op.ms
     moved = []
     for op in ops.ops:
         if to_int8 and op.op_class == "gemm_fp32" and op.weight_bytes > 0:
-            ratio = (source.rate(op.op_type, op.work, op.reduction, False)
-                     / source.rate(op.op_type, op.work, op.reduction, True))
+            ratio = (source.rate(op.op_type, op.work, op.conv_kind, False)
+                     / source.rate(op.op_type, op.work, op.conv_kind, True))
             moved.append(replace(op, op_class="gemm_int8", ms=op.ms * ratio, weight_bytes=op.weight_bytes / 4))
         elif not to_int8 and op.op_class == "gemm_int8":
-            ratio = (source.rate(op.op_type, op.work, op.reduction, True)
-                     / source.rate(op.op_type, op.work, op.reduction, False))
-            moved.append(replace(op, op_class="gemm_fp32", ms=op.ms * ratio, weight_bytes=op.weight_bytes * 4))
-        elif not to_int8 and op.op_type == "DynamicQuantizeLinear":
+            ratio = (source.rate(op.op_type, op.work, op.conv_kind, True)
+                     / source.rate(op.op_type, op.work, op.conv_kind, False))
+            moved.append(replace(op, op_class="gemm_fp32", ms=(op.ms + scaffolding[op.name]) * ratio,
+                                 weight_bytes=op.weight_bytes * 4))
+        elif not to_int8 and (op.op_type == "DynamicQuantizeLinear" or op.dequantizes):
             continue
         else:
             moved.append(op)
