@@ -107,7 +107,10 @@ def main() -> None:
                 (work / "anchors").mkdir()
                 anchors = measure_anchors(lambda path, wanted: device.measure(path, wanted).latency_stats.p50,
                                           work / "anchors", 1, args.anchor_runs)
-                calibrated = calibrate(draft, anchors, threads=1)
+                result = calibrate(draft, anchors, threads=1)
+                for check in result.outside:
+                    print(f"warning: {check.warning()}")
+                calibrated = result.profile
                 c = calibrated.calibration
                 predicted = estimate(model, calibrated, threads=1, memory=False)
                 value, low, high = predicted.latency("p50")

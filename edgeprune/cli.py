@@ -841,9 +841,11 @@ def calibrate_command(
                 measurements = measure_anchors(lambda path, wanted: agent.measure(path, wanted).latency("p50")[0],
                                                folder, threads or device.runtime.threads, runs, tick)
         with stage(f"Predicting {len(measurements)} model(s) for {device.name}"):
-            calibrated = calibrate(device, measurements, threads=threads)
-    atomic_write_text(out_file, calibrated.to_yaml(), inputs)
-    c = calibrated.calibration
+            result = calibrate(device, measurements, threads=threads)
+    for check in result.outside:
+        err.print(f"[bold yellow]warning:[/] {check.warning()}", highlight=False, soft_wrap=True)
+    atomic_write_text(out_file, result.profile.to_yaml(), inputs)
+    c = result.profile.calibration
     out.print(f"{out_file}: latency factor {c.latency_factor.value:.3f}, band ±{c.band.value:.0%} "
               f"from {len(c.anchors)} anchor(s)", highlight=False)
 

@@ -335,9 +335,10 @@ def test_a_big_little_report_drafts_one_cluster_per_core_type() -> None:
 
 def test_calibrate_remote_measures_the_anchors_on_the_device(agent, tmp_path, monkeypatch) -> None:
     from edgeprune.profiling import calibrate as calibration
+    from edgeprune.profiling.predict import Prediction
 
     # this host's prediction for the device (tested in test_cli, and slow): 1 ms for every anchor
-    predicted = SimpleNamespace(prediction=SimpleNamespace(latency_ms=1.0))
+    predicted = SimpleNamespace(prediction=Prediction(device="rpi5", threads=1, latency_ms=1.0, band=0.5))
     monkeypatch.setattr(calibration, "estimate", lambda *args, **kwargs: predicted)
     out = tmp_path / "rpi5-calibrated.yaml"
     result = runner.invoke(app, ["calibrate", "rpi5", "--remote", agent.url, "--token", agent.token, "--threads", "1",

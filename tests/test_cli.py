@@ -205,6 +205,17 @@ def test_calibrate_writes_a_new_profile_and_never_the_input(tiny_onnx, tmp_path,
     assert "is not MODEL.onnx=LATENCY_MS" in _one_clear_error(bad)
 
 
+def test_calibrate_warns_when_a_measurement_is_far_outside_the_predicted_band(tiny_onnx, tmp_path, rates_cache,
+                                                                             monkeypatch) -> None:
+    """A figure 10^4 times the prediction (a wrong device, threads or model) still calibrates, but visibly."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(rates_cache))
+    out = tmp_path / "far.yaml"
+    result = runner.invoke(app, ["calibrate", "rpi5", "--measure", f"{tiny_onnx}=90000", "--out", str(out)])
+    assert result.exit_code == 0 and out.is_file(), result.output
+    assert "warning:" in result.stderr and f"{tiny_onnx.name}: measured 9e+04 ms is outside the predicted" in (
+        " ".join(result.stderr.split()))
+
+
 def test_ci_example_script_fails_the_build_over_budget(tiny_onnx, tmp_path) -> None:
     script = Path(__file__).resolve().parents[1] / "examples" / "ci" / "check-budgets.sh"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
