@@ -6,7 +6,8 @@ a depthwise MobileNet-style CNN and EfficientNet-Lite0 with its ImageNet weights
 and dynamic int8), measures every one at 1
 and 2 threads (batch 1, seq 128 or 224×224), profiles its operators, and predicts each
 measured figure from the others through the cost model alone. Prints prediction vs
-measurement per model, the share within ±10% and ±20% (target: ≥90% within ±10%), and the
+measurement per model, the share within ±10% and ±20% (target: ≥90% within ±10%; 1-thread
+fp32↔int8 rows apart from thread-scaling rows, whose 2-thread timings are bimodal here), and the
 Spearman rank correlation of predicted vs measured latency next to a FLOPs-only baseline
 (target ≥0.95).
 
@@ -31,6 +32,7 @@ from edgeprune.models import adapter_for
 from edgeprune.models.loading import LoadedModel, load_model
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.profiling import compare_latency
+from edgeprune.profiling.characterize import host_rates
 from edgeprune.profiling.memory import measure_peak_memory
 from edgeprune.profiling.operators import OperatorProfile, profile_operators
 from edgeprune.profiling.predict import predict_latency, swap_precision
@@ -49,10 +51,18 @@ def text_encoders(work: Path) -> dict[str, Path]:
         "minilm": dense,
         "minilm-pruned": LoadedModel(pruned, dense.processor, dense.path, dense.task, dense.pooling, plan),
         "bert-base": LoadedModel(BertModel(BertConfig()).eval(), dense.processor, dense.path, dense.task, "mean"),
-        "mobilebert": LoadedModel(MobileBertModel(MobileBertConfig()).eval(), dense.processor, dense.path,
-                                  dense.task, "mean"),
     }
-    return {name: export(model, work / name, atol=1e-2).onnx_path for name, model in built.items()}
+    paths = {name: export(model, work / name, atol=1e-2).onnx_path for name, model in built.items()}
+    # no pruning adapter for MobileBERT, so edgeprune's export refuses it: exported as its own encoder, seq 128
+    paths["mobilebert"] = work / "mobilebert.onnx"
+    ids = torch.ones(1, 128, dtype=torch.long)
+    with torch.no_grad():
+        torch.onnx.export(MobileBertModel(MobileBertConfig()).eval(), (ids, ids, torch.zeros_like(ids)),
+                          str(paths["mobilebert"]), input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          dynamic_axes={name: {0: "batch", 1: "sequence"} for name in
+                                        ("input_ids", "attention_mask", "token_type_ids")})
+    return paths
 
 
 class SmallResNet(nn.Module):
@@ -114,6 +124,7 @@ def within(predicted: float, measured: float, tolerance: float) -> bool:
 def main() -> None:
     started = time.perf_counter()
     host = detect_host()
+    host_rates(2, refresh=True)  # 1 and 2 threads characterized side by side, in the same sitting as the zoo
     scheme = int8_scheme(host)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -145,9 +156,11 @@ def main() -> None:
     print(f"{'model':<22}{'prediction':<16}{'predicted ms':>13}{'measured ms':>12}{'error':>8}")
     for model, how, predicted, actual in rows:
         print(f"{model:<22}{how:<16}{predicted:>13.2f}{actual:>12.2f}{predicted / actual - 1:>+8.1%}")
-    for tolerance in (0.10, 0.20):
-        share = np.mean([within(p, m, tolerance) for _, _, p, m in rows])
-        print(f"within ±{tolerance:.0%}: {share:.0%} of {len(rows)} predictions")
+    groups = {"all": rows, "1-thread fp32 <-> int8": [r for r in rows if "T" not in r[1]],
+              "1 <-> 2 threads": [r for r in rows if "T" in r[1]]}
+    for group, members in groups.items():  # 2-thread timings on these VMs are bimodal: their rows apart
+        shares = [f"±{t:.0%}: {np.mean([within(p, m, t) for _, _, p, m in members]):.0%}" for t in (0.10, 0.20)]
+        print(f"within {', '.join(shares)} of {len(members)} predictions ({group})")
     # Rank quality at 1 thread: the cost model (from the 2-thread profile) vs FLOPs alone.
     predicted_1t = [predict_latency(ops[n, 2], host, threads=1, host=host, measured_ms=measured[2][n]).latency_ms
                     for n in names]
