@@ -110,8 +110,9 @@ def verdicts(result: ProfileResult, budget: Budget, budget_doubts: Sequence[str]
         lines.append(_with_reason(line, result.timing_doubts))
     if budget.memory_mb is not None:
         value, low, high = result.memory()
-        lines.append(Verdict("peak_memory", budget.memory_mb, value, "MiB", judge(budget.memory_mb, low, high),
-                             result.device, low, high, result.predicted))
+        lines.append(_with_reason(Verdict("peak_memory", budget.memory_mb, value, "MiB",
+                                          judge(budget.memory_mb, low, high), result.device, low, high,
+                                          result.predicted), []))
     return lines
 
 

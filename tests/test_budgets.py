@@ -77,3 +77,17 @@ def test_a_measurement_is_never_uncertain() -> None:
     value = _measurement().latency("p90")[0]
     assert [line.status for line in verdicts(_measurement(), Budget(latency_ms=value))] == [PASS]
     assert [line.status for line in verdicts(_measurement(), Budget(latency_ms=value * 0.999))] == [FAIL]
+
+
+def test_a_predicted_memory_band_reaches_down_to_the_releasing_allocators_peak() -> None:
+    """40 MiB with glibc's default allocator, 28 MiB with one that frees at once: the device may run either."""
+    host = _measurement()
+    host.memory_stats = MemoryStats(100.0, 140.0, 120.0, released_over_baseline_mb=28.0)
+    estimate = Estimate(device="rpi5", threads=4, prediction=_estimate().prediction, host=host)
+    assert estimate.memory() == (pytest.approx(40.0), pytest.approx(28.0 * 0.85), pytest.approx(40.0 * 1.15))
+    assert host.memory() == (pytest.approx(40.0),) * 3  # measured here: the default allocator's figure, no band
+    line = verdicts(estimate, Budget(memory_mb=30))[0]
+    assert line.status == UNCERTAIN and line.reason == "the predicted band straddles the budget"
+    assert MemoryStats.from_dict(host.memory_stats.to_dict()) == host.memory_stats
+    old = {k: v for k, v in host.memory_stats.to_dict().items() if k != "released_over_baseline_mb"}
+    assert MemoryStats.from_dict(old).released_over_baseline_mb is None  # figures recorded before it was measured

@@ -24,6 +24,7 @@ def test_profile_measures_latency_and_memory(tiny_onnx) -> None:
     assert 0 < m.latency_stats.p50 <= m.latency_stats.p90 <= m.latency_stats.p99
     assert m.memory_stats is not None and m.memory_stats.peak_mb > m.memory_stats.baseline_mb > 0
     assert m.latency("p90") == (m.latency_stats.p90,) * 3 and m.memory()[0] == m.memory_stats.peak_over_baseline_mb
+    assert 0 < m.memory_stats.released_over_baseline_mb <= m.memory_stats.peak_over_baseline_mb + 1.0
     assert m.size_mb > 1 and m.host["cores"] >= 1 and "onnxruntime" in m.versions
     assert len(measure_latency(tiny_onnx, 1, seq_len=8, warmup=1, runs=3).samples_ms) == 3
 
@@ -161,10 +162,32 @@ def test_operator_profile_tells_convolution_kinds_apart_in_fp32_and_int8(tmp_pat
     for graph in (path, dynamic_int8(path, tmp_path / "cnn-int8.onnx", int8_scheme(detect_host()))):
         ops = profile_operators(graph, threads=1, runs=2, warmup=1)
         assert sorted(op.conv_kind for op in ops.ops if "Conv" in op.op_type) == sorted(expected)
-    # each ConvInteger's int32 output is cast, scaled and biased back to float, the first and third get their ReLU as
-    # a node and the fourth its explicit Pad: scaffolding the fp32 graph does not have (it fuses both into its Conv)
+    # each ConvInteger's int32 output is cast, scaled (by the product of two scales) and biased back to float, the
+    # first and third get their ReLU as a node and the fourth its explicit Pad: scaffolding the fp32 graph does not
+    # have (it fuses both into its Conv)
     integer = [op.name for op in ops.ops if op.op_type == "ConvInteger"]
     scaffolding = collections.Counter((op.dequantizes, op.op_type) for op in ops.ops if op.dequantizes)
-    assert scaffolding == {**{(name, op_type): 1 for name in integer for op_type in ("Cast", "Mul", "Add")},
+    assert scaffolding == {**{(name, op_type): 1 for name in integer for op_type in ("Cast", "Add")},
+                           **{(name, "Mul"): 2 for name in integer},  # by the scales, and their product
                            (integer[0], "Relu"): 1, (integer[2], "Relu"): 1, (integer[3], "Pad"): 1}
     assert "Pad" not in {op.op_type for op in profile_operators(path, threads=1, runs=2, warmup=1).ops}
+
+
+def test_weights_freed_while_loading_stay_resident_with_glibc_and_not_with_a_releasing_allocator(tmp_path) -> None:
+    """Eight 4 MiB MatMul weights: onnxruntime frees their load-time copies after packing them; glibc keeps them."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeprune.profiling.memory import measure_peak_memory
+
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.standard_normal((1024, 1024)).astype(np.float32), f"w{i}") for i in range(8)]
+    nodes = [helper.make_node("MatMul", [f"h{i - 1}" if i else "x", f"w{i}"], [f"h{i}"]) for i in range(8)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+                              [helper.make_tensor_value_info("h7", TensorProto.FLOAT, [1, 1024])], weights)
+    path = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    stats = measure_peak_memory(path, threads=1, runs=2)
+    assert stats.peak_over_baseline_mb >= 32  # the weights themselves
+    assert stats.released_over_baseline_mb < stats.peak_over_baseline_mb - 8
