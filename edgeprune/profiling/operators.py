@@ -146,7 +146,8 @@ as nodes around a ConvInteger."""
 
 def _dequantization_scaffolding(graph: onnx.GraphProto, weights: dict[str, tuple[list[int], int]]) -> dict[str, str]:
     """Node name → the integer GEMM it dequantizes: the single-consumer chain after a ConvInteger/MatMulInteger of a
-    Cast, the Mul by the scales and an Add of a constant bias (an Add of two activations is the model's own), and
+    Cast, the Mul by the scales (with the Mul computing them) and an Add of a constant bias (an Add of two
+    activations is the model's own), and
     around a ConvInteger what the float graph fuses into its Conv: the activation after it, the Pad before the
     input's DynamicQuantizeLinear."""
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -172,6 +173,10 @@ def _dequantization_scaffolding(graph: onnx.GraphProto, weights: dict[str, tuple
                     after[0].op_type == "Add" and not any(name in weights for name in after[0].input)):
                 break
             found[after[0].name] = node.name
+            if after[0].op_type == "Mul":  # the scale it multiplies by: input scale × weight scale, one more node
+                scales = producer.get(next((t for t in after[0].input if t != tensor), ""))
+                if scales is not None and scales.op_type == "Mul" and len(consumers[scales.output[0]]) == 1:
+                    found[scales.name] = node.name
             tensor = after[0].output[0]
     return found
 

@@ -236,7 +236,10 @@ def swap_precision(ops: OperatorProfile, to_int8: bool, rates: Rates = host_rate
     scaling its output back), so going back to fp32 re-times an integer GEMM together with
     its dequantization scaffolding and drops that scaffolding, the activations and Pads a
     float Conv fuses and the graph's standalone DynamicQuantizeLinear nodes. Other
-    element-wise nodes are kept as they are.
+    element-wise nodes are kept as they are. The runtime's own time (the wall time the
+    kernels do not account for) is a cost per node executed, 2-4 µs here in fp32 and int8
+    graphs alike from MobileBERT's 1,700 nodes to a 9-node CNN, so it shrinks with the
+    nodes dropped: EfficientNet-Lite0's int8 graph runs 356 nodes, its fp32 graph 53.
     """
     source = rates(ops.threads)
     scaffolding: dict[str, float] = defaultdict(float)
@@ -258,5 +261,5 @@ def swap_precision(ops: OperatorProfile, to_int8: bool, rates: Rates = host_rate
             continue
         else:
             moved.append(op)
-    runtime_ms = ops.wall_ms - ops.kernel_ms
+    runtime_ms = max(ops.wall_ms - ops.kernel_ms, 0.0) * len(moved) / max(len(ops.ops), 1)
     return replace(ops, ops=moved, wall_ms=sum(op.ms for op in moved) + runtime_ms)
