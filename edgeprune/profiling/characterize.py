@@ -24,8 +24,10 @@ from edgeprune import runtime
 from edgeprune.files import atomic_write_json
 from edgeprune.profiling import health
 
-GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768))
-"""(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, plus a tiny one."""
+GEMM_SHAPES = ((128, 384, 384), (128, 384, 1536), (128, 1536, 384), (16, 64, 64), (1024, 768, 768),
+               (128, 128, 512), (128, 512, 128))
+"""(M, K, N) probes from a small transformer at seq 128 up to a BERT-base-size layer, a tiny one, and MobileBERT's
+128-wide bottleneck, between which the int8/fp32 ratio moves most (0.9x at the tiny probe, 3.2x at 128×384×384)."""
 CONV_SHAPES = {"pointwise": ((32, 32, 14, 1, 1, 1), (64, 192, 28, 1, 1, 1)),
                "dense": ((16, 16, 14, 1, 3, 1), (32, 32, 56, 1, 3, 1)),
                "dense-strided": ((16, 32, 14, 1, 3, 2), (32, 64, 56, 1, 3, 2)),
@@ -274,4 +276,4 @@ def cached_rates(cache_dir: Path | None = None) -> dict[int, Path]:
 
 
 def _cache_path(threads: int, cache_dir: Path | None) -> Path:
-    return (cache_dir or health.cache_dir()) / f"host-rates-v7-{health.host_digest()}-{threads}t.json"
+    return (cache_dir or health.cache_dir()) / f"host-rates-v8-{health.host_digest()}-{threads}t.json"
