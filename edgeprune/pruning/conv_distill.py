@@ -14,11 +14,8 @@ folder of images (or images synthesized from the dense model, ``data.synthesize`
 - BatchNorm layers keep their statistics (eval mode) while their affine weights train: re-
   estimating statistics on a few dozen images measured worse (see ``conv_recover``);
 - every ``check_every`` steps the KL on held-aside images (every 8th, never trained on,
-  un-augmented) is compared with the best so far; a check more than ``rollback_above`` worse
-  rolls the weights back to the best and halves the learning rate — the held-aside guard of the
-  transformer recovery — and the best weights are what the run returns. A check only a little
-  worse is noise on ten images, not harm: rolling back on every one (as at first) undid 8 of 11
-  checks on EfficientNet-Lite0 and halved the learning rate each time, stalling the run.
+  un-augmented) is compared with the best so far; a check that is worse rolls the weights back
+  to the best and halves the learning rate — the held-aside guard of the transformer recovery.
 
 Deterministic under ``seed`` for a step budget. A time budget (``minutes``) stops at the
 first step past it, so how many steps run depends on the machine's speed; the report says
@@ -72,8 +69,6 @@ class DistillOptions:
     mix: float = 0.5
     """Share of batches mixed (mixup and cutmix alternating)."""
     check_every: int = 50
-    rollback_above: float = 0.1
-    """Roll back only when the held-aside KL is more than this share above the best so far (0: on any rise)."""
     dropout: bool = False
     """Keep the model's dropout and drop-connect active while distilling (off: every step sees the whole
     network, as the deployed model does)."""
@@ -90,9 +85,6 @@ class DistillOptions:
                 raise PlanError(f"distillation {name} {getattr(self, name)} is not positive", f"pass a larger {name}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise PlanError(f"--distill-minutes {self.minutes} is not a positive number", "pass minutes such as 10")
-        if not (math.isfinite(self.rollback_above) and self.rollback_above >= 0):
-            raise PlanError(f"roll-back threshold {self.rollback_above} is not a share >= 0",
-                            "pass a share such as 0.1")
         if not 0.0 <= self.mix <= 1.0:
             raise PlanError(f"mix share {self.mix} is outside [0, 1]", "pass a share such as 0.5")
 
@@ -167,7 +159,7 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
                 _train_mode(pruned, options.dropout)
                 if kl <= best_kl:
                     best_kl, best_state = kl, copy.deepcopy(pruned.state_dict())
-                elif kl > best_kl * (1 + options.rollback_above):
+                else:
                     pruned.load_state_dict(best_state)
                     rollbacks += 1
                     for group in optimizer.param_groups:
