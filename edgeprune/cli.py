@@ -422,8 +422,10 @@ def _prune_image(settings: ImagePruneSettings, out_dir: Path) -> None:
         out.print(f"[yellow]{evaluation['note']}[/]")
     if "verdicts" in report:
         quantized = report["quantized"]
+        timed = report["allocation_attempts"]
         out.print(f"latency table: {len(report['latency_table']['spaces'])} channel spaces timed; predicted "
-                  f"{report['predicted_ms']:.2f} ms fp32 (dense {report['latency_table']['dense_ms']:.2f} ms); "
+                  f"{report['predicted_ms']:.2f} ms fp32 (dense {report['latency_table']['dense_ms']:.2f} ms), "
+                  f"measured {timed[-1]['measured_ms']:.2f} ms after {len(timed)} allocation(s) timed whole; "
                   f"quantized form: {quantized['form']}", highlight=False)
         _print_verdicts([Verdict.from_dict(v) for v in report["verdicts"]])
         raise typer.Exit(0 if report["passed"] else EXIT_FAIL)

@@ -160,6 +160,37 @@ def test_latency_allocation_cuts_where_a_channel_costs_most() -> None:
         allocate_for_latency(graph, torch.ones(graph.num_units), table, 0.5)
 
 
+def test_an_allocation_timed_whole_is_re_aimed_until_it_uses_its_budget() -> None:
+    """A model 25% slower than the table adds up to is aimed lower until it fits; one 30% faster is aimed higher
+    and keeps more units than the table alone would, still within the budget."""
+    from edgeprune.pruning.channel_latency import CLOSE_ENOUGH, allocate_measured
+
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    graph = channel_graph(model, smooth_images(1))
+    table = _table(graph, [0.05, 0.05, 0.05])
+    scores = channel_scores(model, graph, "magnitude")
+    counts = lambda keep: {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}  # noqa: E731
+    slower = lambda keep: 1.0 + 1.25 * (table.predict(counts(keep)) - 1.0)  # noqa: E731
+    faster = lambda keep: 0.7 * table.predict(counts(keep))  # noqa: E731
+    budget = 0.6 * table.dense_ms
+    table_only = allocate_for_latency(graph, scores, table, budget, comparable=False)
+
+    keep, attempts = allocate_measured(graph, scores, table, budget, slower, comparable=False)
+    assert attempts[0].measured_ms > budget >= slower(keep) and len(attempts) >= 2
+    assert attempts[1].aim_ms == pytest.approx(budget * budget / attempts[0].measured_ms)
+    assert int(keep.sum()) < int(table_only.sum())
+
+    keep, attempts = allocate_measured(graph, scores, table, budget, faster, comparable=False)
+    assert attempts[0].measured_ms < CLOSE_ENOUGH * budget and attempts[1].aim_ms > budget
+    assert faster(keep) <= budget and int(keep.sum()) > int(table_only.sum())
+    assert int(keep.sum()) == max(a.kept_units for a in attempts if a.measured_ms <= budget)
+
+    never, tried = allocate_measured(graph, scores, table, budget, lambda keep: 10 * table.dense_ms,
+                                     comparable=False, attempts=3)
+    assert 1 <= len(tried) <= 3 and all(a.measured_ms > budget for a in tried)  # the last one; the check says so
+
+
 def test_the_measured_channel_table_has_every_space_and_prunes_to_its_budget(tmp_path) -> None:
     torch.manual_seed(0)
     model = SmallCNN().eval()

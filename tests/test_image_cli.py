@@ -156,6 +156,9 @@ def test_optimize_allocates_by_the_measured_table_quantizes_and_checks_the_budge
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     assert report["predicted_ms"] <= 1000 and report["passed"] is True
+    [timed] = report["allocation_attempts"]  # a generous budget: the first allocation, timed whole, fits
+    assert 0 < timed["measured_ms"] <= 1000 and timed["aim_ms"] == 1000
+    assert "measured" in result.output and "1 allocation(s) timed whole" in result.output
     assert [v["metric"] for v in report["verdicts"]] == ["latency_p50"] and report["verdicts"][0]["status"] == "PASS"
     assert (out / "quantized" / "model.onnx").is_file() and not (out / "table").exists()
     assert set(report["latency_table"]["spaces"]) and report["quantized"]["form"] in report["quantized"]["p50_ms"]

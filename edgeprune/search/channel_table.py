@@ -56,3 +56,25 @@ def measure_channel_table(model: nn.Module, example: torch.Tensor, graph: Channe
     for (name, count), ms in zip(points, timed[1:]):
         spaces[name].append((count, ms))
     return ChannelLatencyTable(dense_ms=timed[0], spaces={k: tuple(sorted(v)) for k, v in spaces.items()})
+
+
+def pruned_timer(model: nn.Module, example: torch.Tensor, graph: ChannelGraph, table: ChannelLatencyTable,
+                 work: Path | str, *, threads: int = 1, runs: int = 20, rounds: int = 3,
+                 percentile: str = "p50") -> Callable[[torch.Tensor], float]:
+    """A kept-units mask → ``model`` sliced to it, exported into ``work`` (which must exist) and timed side by side
+    with the dense model, in ms on the table's scale (its share of the dense time that run, times the table's dense
+    ms, so the host's drift since the table does not count): what ``allocate_measured`` checks allocations with."""
+    work = Path(work)
+    dense = export_module(model, work / "timer-dense.onnx", example).onnx_path
+    calls = 0
+
+    def time_keep(keep: torch.Tensor) -> float:
+        nonlocal calls
+        calls += 1
+        cut = slice_channels(copy.deepcopy(model), graph, keep).eval()
+        path = export_module(cut, work / f"timer-{calls}.onnx", example).onnx_path
+        base, pruned = (s.percentile(percentile) for s in compare_latency([dense, path], threads=threads,
+                                                                           rounds=rounds, runs=runs))
+        return pruned / base * table.dense_ms
+
+    return time_keep
