@@ -11,7 +11,8 @@ Magnitude uses a uniform ratio per channel space; Taylor and Fisher (of the self
 cross-entropy, per calibration image) rank units across spaces by score per MAC. Channel
 counts are rounded to the host's multiple; one extra row shows the same plan without rounding.
 ``magnitude-latency`` rows allocate magnitude scores per measured ms of a channel latency table
-(each space cut to 1/2 and 1/4, timed here) for a budget of dense fp32 / level, instead of by MACs.
+(each space cut to 1/2 and 1/4, timed here) for a budget of dense fp32 / level, instead of by MACs,
+each allocation timed whole and the table re-aimed until it lands within the budget (as ``optimize`` does).
 Distillation rows (magnitude, uniform, at each level): 10 minutes of distillation from the dense
 model on the 84 calibration images (every 8th held aside for the roll-back guard), and at the
 first level the data-free variant, distilled on images synthesized from the dense model's
@@ -46,12 +47,12 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.models.vae import ConvVAE, load_digits_images, psnr, reconstruction_loss, train_vae
 from edgeprune.profiling.measure import compare_latency
-from edgeprune.pruning.channel_latency import allocate_for_latency
+from edgeprune.pruning.channel_latency import allocate_measured
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
 from edgeprune.pruning.conv_distill import DistillOptions
 from edgeprune.pruning.importance import Accumulation
 from edgeprune.quantization import int8_scheme, static_int8
-from edgeprune.search.channel_table import measure_channel_table
+from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (1.3, 1.6)
@@ -118,8 +119,9 @@ def efficientnet_table(work: Path) -> list[dict]:
     # Latency-aware allocation: magnitude scores per ms of a latency table measured here, at the budget dense/level.
     start = time.perf_counter()
     table = measure_channel_table(model, images[:8], graph, work / "table", multiple=multiple)
-    masks = {level: allocate_for_latency(graph, scores["magnitude"], table, table.dense_ms / level, multiple,
-                                         comparable=False) for level in LEVELS}
+    timer = pruned_timer(model, images[:8], graph, table, work / "table")
+    masks = {level: allocate_measured(graph, scores["magnitude"], table, table.dense_ms / level, timer, multiple,
+                                      comparable=False)[0] for level in LEVELS}
     print(f"  latency table: {sum(len(p) - 1 for p in table.spaces.values())} points over {len(table.spaces)} "
           f"channel spaces, dense {table.dense_ms:.2f} ms [{time.perf_counter() - start:.0f} s]")
     for level in LEVELS:
