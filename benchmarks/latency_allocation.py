@@ -23,7 +23,7 @@ from edgeprune.exporting import export_module
 from edgeprune.models.conv import channel_graph
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.profiling.measure import compare_latency
-from edgeprune.pruning.channel_latency import allocate_for_latency, allocate_measured
+from edgeprune.pruning.channel_latency import allocate_for_latency, allocate_measured, kept_counts
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels
 from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
@@ -61,7 +61,7 @@ def main() -> None:
     print(f"\n{'allocation':<10}{'asked':>7}{'table predicts':>16}{'measured':>10}{'kept units':>12}  attempts "
           f"(aim → measured ms)")
     for ((how, level), keep), s in zip(masks.items(), stats[1:]):
-        predicted = table.predict({sp.name: int(keep[list(sp.units)].sum()) for sp in graph.spaces})
+        predicted = table.predict(kept_counts(graph, keep))
         tried = ", ".join(f"{a.aim_ms:.2f} → {a.measured_ms:.2f}" for a in attempts[level]) if how == "measured" \
             else ""
         tried = f"  {tried}" if tried else ""

@@ -63,6 +63,11 @@ class ChannelLatencyTable:
                            for name, points in self.spaces.items()}}
 
 
+def kept_counts(graph: ChannelGraph, keep: torch.Tensor) -> dict[str, int]:
+    """Units kept per channel space: what ``ChannelLatencyTable.predict`` prices."""
+    return {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}
+
+
 def allocate_for_latency(graph: ChannelGraph, scores: torch.Tensor, table: ChannelLatencyTable, budget_ms: float,
                          multiple: int = 1, comparable: bool = True) -> torch.Tensor:
     """The most units (a bool per unit of ``graph``) ranked by score per ms whose table prediction is at most
@@ -88,7 +93,7 @@ def allocate_for_latency(graph: ChannelGraph, scores: torch.Tensor, table: Chann
         # rounding up adds the units with the most importance per ms that the ranking left out
         keep = keep_per_space(graph, lambda units: int(chosen[units].sum()), priority - (~chosen).float() * 1e30,
                               multiple)
-        return keep, table.predict({s.name: int(keep[list(s.units)].sum()) for s in graph.spaces})
+        return keep, table.predict(kept_counts(graph, keep))
 
     keep, ms = keep_top(0)
     if ms > budget_ms:
@@ -137,8 +142,7 @@ def allocate_measured(graph: ChannelGraph, scores: torch.Tensor, table: ChannelL
     keep = allocate_for_latency(graph, scores, table, aim, multiple, comparable)
     for attempt in range(attempts):
         measured = time_keep(keep)
-        counts = {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}
-        tried.append(Attempt(aim, table.predict(counts), measured, int(keep.sum())))
+        tried.append(Attempt(aim, table.predict(kept_counts(graph, keep)), measured, int(keep.sum())))
         if measured <= budget_ms:
             fits.append(keep)
             if measured >= CLOSE_ENOUGH * budget_ms:

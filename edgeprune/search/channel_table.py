@@ -21,6 +21,8 @@ from edgeprune.profiling.measure import compare_latency
 from edgeprune.pruning.channel_latency import ChannelLatencyTable
 from edgeprune.pruning.channels import rounded_count
 
+DENSE_FILE = "dense.onnx"
+"""The dense model's export in a table's folder, which ``pruned_timer`` times allocations beside."""
 CHANNEL_GRID = (0.5, 0.25)
 """Fractions of a space's channels in the table, besides the dense count."""
 
@@ -41,13 +43,12 @@ def measure_channel_table(model: nn.Module, example: torch.Tensor, graph: Channe
         for count in sorted({rounded_count(size * f, size, multiple) for f in grid}):
             if count < size:
                 points.append((space.name, count))
-    paths = [export_module(model, work / "dense.onnx", example).onnx_path]
+    paths = [export_module(model, work / DENSE_FILE, example).onnx_path]
     units = {space.name: torch.tensor(space.units) for space in graph.spaces}
     for i, (name, count) in enumerate(points):
         keep = torch.ones(graph.num_units, dtype=torch.bool)
         keep[units[name][count:]] = False
-        cut = slice_channels(copy.deepcopy(model), graph, keep).eval()
-        paths.append(export_module(cut, work / f"point-{i}.onnx", example).onnx_path)
+        paths.append(_export_cut(model, graph, keep, work / f"point-{i}.onnx", example))
         if tick is not None:
             tick(i + 1, len(points))
     stats = compare_latency(paths, threads=threads, rounds=rounds, runs=runs)
@@ -61,20 +62,25 @@ def measure_channel_table(model: nn.Module, example: torch.Tensor, graph: Channe
 def pruned_timer(model: nn.Module, example: torch.Tensor, graph: ChannelGraph, table: ChannelLatencyTable,
                  work: Path | str, *, threads: int = 1, runs: int = 20, rounds: int = 3,
                  percentile: str = "p50") -> Callable[[torch.Tensor], float]:
-    """A kept-units mask → ``model`` sliced to it, exported into ``work`` (which must exist) and timed side by side
-    with the dense model, in ms on the table's scale (its share of the dense time that run, times the table's dense
-    ms, so the host's drift since the table does not count): what ``allocate_measured`` checks allocations with."""
+    """A kept-units mask → ``model`` sliced to it, exported into ``work`` (the folder ``measure_channel_table``
+    measured ``table`` into) and timed side by side with the dense model exported there, in ms on the table's scale
+    (its share of the dense time that run, times the table's dense ms, so the host's drift since the table does not
+    count): what ``allocate_measured`` checks allocations with."""
     work = Path(work)
-    dense = export_module(model, work / "timer-dense.onnx", example).onnx_path
+    dense = work / DENSE_FILE
     calls = 0
 
     def time_keep(keep: torch.Tensor) -> float:
         nonlocal calls
         calls += 1
-        cut = slice_channels(copy.deepcopy(model), graph, keep).eval()
-        path = export_module(cut, work / f"timer-{calls}.onnx", example).onnx_path
+        path = _export_cut(model, graph, keep, work / f"timer-{calls}.onnx", example)
         base, pruned = (s.percentile(percentile) for s in compare_latency([dense, path], threads=threads,
                                                                            rounds=rounds, runs=runs))
         return pruned / base * table.dense_ms
 
     return time_keep
+
+
+def _export_cut(model: nn.Module, graph: ChannelGraph, keep: torch.Tensor, path: Path, example: torch.Tensor) -> Path:
+    """A copy of ``model`` with only the ``keep`` units, exported (parity-checked) to ``path``."""
+    return export_module(slice_channels(copy.deepcopy(model), graph, keep).eval(), path, example).onnx_path
