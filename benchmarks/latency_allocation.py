@@ -23,7 +23,7 @@ from edgeprune.exporting import export_module
 from edgeprune.models.conv import channel_graph
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.profiling.measure import compare_latency
-from edgeprune.pruning.channel_latency import allocate_for_latency, allocate_measured, kept_counts
+from edgeprune.pruning.channel_latency import LatencyAllocation, allocate_for_latency, allocate_measured, kept_counts
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels
 from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
@@ -46,12 +46,11 @@ def main() -> None:
         print(f"latency table: {sum(len(p) - 1 for p in table.spaces.values())} points over {len(table.spaces)} "
               f"spaces, dense {table.dense_ms:.2f} ms [{time.perf_counter() - started:.0f} s]")
         timer = pruned_timer(model, example, graph, table, work / "table")
-        masks, attempts = {}, {}
+        masks, attempts, rule = {}, {}, LatencyAllocation(multiple, comparable=False)
         for level in LEVELS:
             budget = table.dense_ms / level
-            masks[("table", level)] = allocate_for_latency(graph, scores, table, budget, multiple, comparable=False)
-            masks[("measured", level)], attempts[level] = allocate_measured(graph, scores, table, budget, timer,
-                                                                            multiple, comparable=False)
+            masks[("table", level)] = allocate_for_latency(graph, scores, table, budget, rule)
+            masks[("measured", level)], attempts[level] = allocate_measured(graph, scores, table, budget, timer, rule)
         paths = [export_module(model, work / "dense.onnx", example).onnx_path]
         for (how, level), keep in masks.items():
             pruned, _ = prune_channels(model, example[:1], keep=keep, multiple=multiple)

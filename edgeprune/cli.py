@@ -63,9 +63,10 @@ HeadsRatio = Annotated[float | None, typer.Option(help="Fraction of attention he
 FfnRatio = Annotated[float | None, typer.Option(help="Fraction of FFN neurons to keep per layer.")]
 Criterion = Annotated[str | None, typer.Option(
     help="Importance criterion: magnitude, activation, fluctuation (FLAP), taylor, fisher (default: fisher; image "
-         "models: magnitude).")]
-Allocation = Annotated[str, typer.Option(help="uniform (same ratio per layer) or global (all layers ranked together: "
-                                              "by score per MAC for taylor/fisher, by standardized score otherwise).")]
+         "models: fisher with --images or --data-free, else magnitude).")]
+Allocation = Annotated[str | None, typer.Option(
+    help="uniform (same ratio per layer) or global (all layers ranked together: by score per MAC for taylor/fisher, "
+         "by standardized score otherwise). Default: uniform; image models: global for taylor/fisher.")]
 Accumulate = Annotated[str, typer.Option(help="How per-batch scores combine: sum (mean) or ema.")]
 EmaDecay = Annotated[float, typer.Option(help="EMA decay in [0, 1) with --accumulate ema.")]
 Calibration = Annotated[Path | None, typer.Option(
@@ -213,7 +214,7 @@ def optimize(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = None,
-    allocation: Allocation = DEFAULTS.allocation,
+    allocation: Allocation = None,
     accumulate: Accumulate = DEFAULTS.accumulate,
     ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
@@ -275,9 +276,7 @@ def optimize(
                                      latency_ms=latency_ms, percentile=percentile), out_dir)
         return
 
-    options = PruneOptions(criterion=criterion or DEFAULTS.criterion, allocation=allocation, accumulate=accumulate,
-                           ema_decay=ema_decay, calibration=str(calibration) if calibration else None,
-                           recover=recover or DEFAULTS.recover, distill_steps=distill_steps, seed=seed)
+    options = _prune_options(criterion, allocation, accumulate, ema_decay, calibration, recover, distill_steps, seed)
     settings = OptimizeSettings(model=str(model) if model else None, profile=profile, keep_flops=keep_flops,
                                 heads_ratio=heads_ratio, ffn_ratio=ffn_ratio, prune=options, latency_ms=latency_ms,
                                 memory_mb=memory_mb, tokens_per_s=tokens_per_s, new_tokens=new_tokens,
@@ -332,7 +331,7 @@ def prune_command(
     heads_ratio: HeadsRatio = None,
     ffn_ratio: FfnRatio = None,
     criterion: Criterion = None,
-    allocation: Allocation = DEFAULTS.allocation,
+    allocation: Allocation = None,
     accumulate: Accumulate = DEFAULTS.accumulate,
     ema_decay: EmaDecay = DEFAULTS.ema_decay,
     calibration: Calibration = None,
@@ -361,9 +360,7 @@ def prune_command(
     from edgeprune.pruning import kept_macs_fraction
     from edgeprune.pruning.loaded import prune_loaded
 
-    options = PruneOptions(criterion=criterion or DEFAULTS.criterion, allocation=allocation, accumulate=accumulate,
-                           ema_decay=ema_decay, calibration=str(calibration) if calibration else None,
-                           recover=recover or DEFAULTS.recover, distill_steps=distill_steps, seed=seed)
+    options = _prune_options(criterion, allocation, accumulate, ema_decay, calibration, recover, distill_steps, seed)
     check_target(keep_flops, heads_ratio, ffn_ratio)
     dense = load_model(model)
     guard_output(out_dir, inputs=[dense.path])  # before minutes of work, not after
@@ -381,6 +378,15 @@ def prune_command(
     if plan.recovery.get("distill_steps"):
         first, last = plan.recovery["distill_loss_first_last"]
         out.print(f"distillation: {plan.recovery['distill_steps']} steps, loss {first:.4f} → {last:.4f}")
+
+
+def _prune_options(criterion: str | None, allocation: str | None, accumulate: str, ema_decay: float,
+                   calibration: Path | None, recover: str | None, distill_steps: int, seed: int) -> PruneOptions:
+    """A transformer's pruning options from the CLI's (None: the transformer defaults, see ``_image_settings``)."""
+    return PruneOptions(criterion=criterion or DEFAULTS.criterion, allocation=allocation or DEFAULTS.allocation,
+                        accumulate=accumulate, ema_decay=ema_decay,
+                        calibration=str(calibration) if calibration else None, recover=recover or DEFAULTS.recover,
+                        distill_steps=distill_steps, seed=seed)
 
 
 def _image_settings(model: Path, **given: Any) -> ImagePruneSettings:

@@ -12,8 +12,8 @@ from torch import nn
 from edgeprune.data.synthesize import SynthesisOptions, bn_statistics_gap, synthesize_images
 from edgeprune.errors import PlanError
 from edgeprune.models.conv import channel_graph
-from edgeprune.pruning.channel_latency import ChannelLatencyTable, allocate_for_latency
-from edgeprune.pruning.channels import channel_scores, prune_channels
+from edgeprune.pruning.channel_latency import ChannelLatencyTable, LatencyAllocation, allocate_for_latency
+from edgeprune.pruning.channels import channel_scores, prune_channels, rounded_count
 from edgeprune.pruning.conv_distill import DistillOptions, augment, held_aside_fit, split_held_aside
 from edgeprune.search.channel_table import measure_channel_table
 
@@ -126,23 +126,48 @@ def _table(graph, slopes: list[float], fixed: float = 1.0) -> ChannelLatencyTabl
     return ChannelLatencyTable(dense, spaces)
 
 
+UNFLOORED = LatencyAllocation(min_share=0.0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(slopes=st.lists(st.floats(0.001, 0.2), min_size=3, max_size=3), budget_share=st.floats(0.3, 1.0),
-       multiple=st.sampled_from([1, 4, 8]))
-def test_latency_allocation_never_exceeds_the_tables_budget(slopes, budget_share, multiple) -> None:
+       multiple=st.sampled_from([1, 4, 8]), min_share=st.sampled_from([0.0, 0.25, 0.5]))
+def test_latency_allocation_never_exceeds_the_tables_budget(slopes, budget_share, multiple, min_share) -> None:
     torch.manual_seed(0)
     model = SmallCNN().eval()
     graph = channel_graph(model, smooth_images(1))
     table = _table(graph, slopes)
     scores = channel_scores(model, graph, "magnitude")
-    floor = table.predict({s.name: min(multiple, len(s.units)) for s in graph.spaces})
+    rule = LatencyAllocation(multiple, comparable=False, min_share=min_share)
+    least = {s.name: rounded_count(min_share * len(s.units), len(s.units), multiple) for s in graph.spaces}
+    floor = table.predict(least)
     budget = floor + budget_share * (table.dense_ms - floor)
-    keep = allocate_for_latency(graph, scores, table, budget, multiple, comparable=False)
+    keep = allocate_for_latency(graph, scores, table, budget, rule)
     counts = {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}
     assert table.predict(counts) <= budget + 1e-9
     assert all(c % multiple == 0 or c == len(s.units) for s, c in zip(graph.spaces, counts.values()))
-    more = allocate_for_latency(graph, scores, table, budget + 0.05 * table.dense_ms, multiple, comparable=False)
+    assert all(counts[name] >= least[name] for name in counts)
+    more = allocate_for_latency(graph, scores, table, budget + 0.05 * table.dense_ms, rule)
     assert int(more.sum()) >= int(keep.sum())
+
+
+def test_latency_allocation_keeps_every_spaces_floor() -> None:
+    """Importance per ms would empty the space whose channels cost 10x more; the floor keeps its best half."""
+    model = SmallCNN().eval()
+    graph = channel_graph(model, smooth_images(1))
+    names = [s.name for s in graph.spaces]
+    slopes = [0.01] * len(names)
+    slopes[names.index("conv2")] = 0.1
+    table = _table(graph, slopes)
+    scores = channel_scores(model, graph, "magnitude")
+    conv2 = torch.tensor(graph.spaces[names.index("conv2")].units)
+    budget = table.predict({s.name: len(s.units) // 2 for s in graph.spaces}) + 0.005  # every space near its floor
+    unfloored = allocate_for_latency(graph, scores, table, budget, UNFLOORED)
+    assert int(unfloored[conv2].sum()) < len(conv2) // 2
+    keep = allocate_for_latency(graph, scores, table, budget, LatencyAllocation(min_share=0.5))
+    best_half = conv2[torch.argsort(-scores[conv2], stable=True)[:len(conv2) // 2]]
+    assert bool(keep[best_half].all()) and int(keep[conv2].sum()) == len(conv2) // 2
+    assert table.predict({s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}) <= budget
 
 
 def test_latency_allocation_cuts_where_a_channel_costs_most() -> None:
@@ -153,11 +178,35 @@ def test_latency_allocation_cuts_where_a_channel_costs_most() -> None:
     slopes = [0.01] * len(names)
     slopes[names.index("conv2")] = 0.1
     table = _table(graph, slopes)
-    keep = allocate_for_latency(graph, torch.ones(graph.num_units), table, table.dense_ms - 1.95)
+    keep = allocate_for_latency(graph, torch.ones(graph.num_units), table, table.dense_ms - 1.95, UNFLOORED)
     kept = {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}
     assert kept["conv2"] == 28 and all(kept[n] == len(s.units) for n, s in zip(names, graph.spaces) if n != "conv2")
     with pytest.raises(PlanError, match="raise the latency budget"):
-        allocate_for_latency(graph, torch.ones(graph.num_units), table, 0.5)
+        allocate_for_latency(graph, torch.ones(graph.num_units), table, 0.5, UNFLOORED)
+
+
+def test_scores_that_do_not_compare_across_spaces_cut_every_space_alike() -> None:
+    """Weight norms cannot say which layer to cut: ranked per ms they would empty the costly space; instead every
+    space keeps the same share (to rounding), its highest-scoring units, the largest share within the budget."""
+    torch.manual_seed(0)
+    model = SmallCNN().eval()
+    graph = channel_graph(model, smooth_images(1))
+    names = [s.name for s in graph.spaces]
+    slopes = [0.01] * len(names)
+    slopes[names.index("conv2")] = 0.1
+    table = _table(graph, slopes)
+    scores = channel_scores(model, graph, "magnitude")
+    budget = table.dense_ms - 0.4 * (table.dense_ms - 1.0)
+    keep = allocate_for_latency(graph, scores, table, budget, LatencyAllocation(comparable=False, min_share=0.0))
+    shares = [int(keep[list(s.units)].sum()) / len(s.units) for s in graph.spaces]
+    assert max(shares) - min(shares) <= 1 / min(len(s.units) for s in graph.spaces) + 1e-9
+    assert table.predict({s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}) <= budget
+    for space in graph.spaces:
+        units = torch.tensor(space.units)
+        kept = int(keep[units].sum())
+        assert bool(keep[units[torch.argsort(-scores[units], stable=True)[:kept]]].all())
+    wider = allocate_for_latency(graph, scores, table, budget + 0.03, LatencyAllocation(comparable=False, min_share=0))
+    assert int(wider.sum()) > int(keep.sum())
 
 
 def test_an_allocation_timed_whole_is_re_aimed_until_it_uses_its_budget() -> None:
@@ -174,20 +223,21 @@ def test_an_allocation_timed_whole_is_re_aimed_until_it_uses_its_budget() -> Non
     slower = lambda keep: 1.0 + 1.25 * (table.predict(counts(keep)) - 1.0)  # noqa: E731
     faster = lambda keep: 0.7 * table.predict(counts(keep))  # noqa: E731
     budget = 0.6 * table.dense_ms
-    table_only = allocate_for_latency(graph, scores, table, budget, comparable=False)
+    rule = LatencyAllocation(comparable=False, min_share=0.0)
+    table_only = allocate_for_latency(graph, scores, table, budget, rule)
 
-    keep, attempts = allocate_measured(graph, scores, table, budget, slower, comparable=False)
+    keep, attempts = allocate_measured(graph, scores, table, budget, slower, rule)
     assert attempts[0].measured_ms > budget >= slower(keep) and len(attempts) >= 2
     assert attempts[1].aim_ms == pytest.approx(budget * budget / attempts[0].measured_ms)
     assert int(keep.sum()) < int(table_only.sum())
 
-    keep, attempts = allocate_measured(graph, scores, table, budget, faster, comparable=False)
+    keep, attempts = allocate_measured(graph, scores, table, budget, faster, rule)
     assert attempts[0].measured_ms < CLOSE_ENOUGH * budget and attempts[1].aim_ms > budget
     assert faster(keep) <= budget and int(keep.sum()) > int(table_only.sum())
     assert int(keep.sum()) == max(a.kept_units for a in attempts if a.measured_ms <= budget)
 
-    never, tried = allocate_measured(graph, scores, table, budget, lambda keep: 10 * table.dense_ms,
-                                     comparable=False, attempts=3)
+    never, tried = allocate_measured(graph, scores, table, budget, lambda keep: 10 * table.dense_ms, rule,
+                                     attempts=3)
     assert 1 <= len(tried) <= 3 and all(a.measured_ms > budget for a in tried)  # the last one; the check says so
 
 
@@ -203,7 +253,8 @@ def test_the_measured_channel_table_has_every_space_and_prunes_to_its_budget(tmp
     half = {name: points[1][0] for name, points in table.spaces.items()}
     assert table.predict({name: max(points)[0] for name, points in table.spaces.items()}) == table.dense_ms
     budget = table.predict(half)  # a budget the table itself says is reachable
-    keep = allocate_for_latency(graph, channel_scores(model, graph, "magnitude"), table, budget, 8, comparable=False)
+    keep = allocate_for_latency(graph, channel_scores(model, graph, "magnitude"), table, budget,
+                                LatencyAllocation(8, comparable=False))
     pruned, plan = prune_channels(model, example[:1], keep=keep)
     assert plan.target == {"keep_units": int(keep.sum())}
     assert table.predict({s.name: len(k) for s, k in zip(graph.spaces, plan.spaces.values())}) <= budget

@@ -78,12 +78,26 @@ def test_a_factory_model_is_pruned_distilled_and_reloads(factory, image_folder, 
     report = json.loads((out / "report.json").read_text())
     assert report["evaluation"]["held_out_images"] == 6 and report["calibration_images"] == 18
     assert report["recovery"]["method"] == "distill" and report["kept_macs_fraction"] < 0.95  # 8-channel rounding
+    plan = json.loads((out / "channel_plan.json").read_text())
+    assert (plan["criterion"], plan["allocation"]) == ("fisher", "global")  # the image default with images to score on
     reloaded = load_pruned_image(out)
     x = torch.randn(3, 3, 32, 32)
     session = runtime.session(out / "model.onnx")
     onnx_out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(reloaded.module(x).numpy(), onnx_out, atol=1e-4)
+
+
+def test_image_defaults_follow_what_there_is_to_score_on() -> None:
+    """Fisher scores (ranked across layers) need images; without any, weight magnitude per layer."""
+    with_images = ImagePruneSettings(model="efficientnet-lite0", images="imgs")
+    assert (with_images.criterion, with_images.allocation) == ("fisher", "global")
+    data_free = ImagePruneSettings(model="efficientnet-lite0", data_free=True, criterion="taylor")
+    assert (data_free.criterion, data_free.allocation) == ("taylor", "global")
+    bare = ImagePruneSettings(model="efficientnet-lite0", recover="none")
+    assert (bare.criterion, bare.allocation) == ("magnitude", "uniform")
+    chosen = ImagePruneSettings(model="efficientnet-lite0", images="imgs", criterion="magnitude", allocation="global")
+    assert (chosen.criterion, chosen.allocation) == ("magnitude", "global")
 
 
 def test_labels_give_top1_and_the_api_matches_the_cli_settings(factory, image_folder, tmp_path) -> None:

@@ -36,7 +36,7 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.image import ImageModel, load_image_model
 from edgeprune.options import check_percentile, check_positive
 from edgeprune.pipeline import Stage, _silent
-from edgeprune.pruning.channel_latency import allocate_measured
+from edgeprune.pruning.channel_latency import LatencyAllocation, allocate_measured
 from edgeprune.pruning.channels import (
     CHANNEL_RECOVERY,
     ChannelPlan,
@@ -52,6 +52,8 @@ from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
 PLAN_FILE, WEIGHTS_FILE, SETTINGS_FILE = "channel_plan.json", "model.safetensors", "image_model.json"
 CNN_CRITERIA = ("magnitude", "activation", "taylor", "fisher")
+COMPARABLE = ("taylor", "fisher")
+"""Criteria that estimate one loss change in every layer, so units of different layers can be ranked together."""
 EVALUATE_EVERY = 4
 """Every 4th image is held out for evaluation (as for text models' calibration folders)."""
 
@@ -70,8 +72,13 @@ class ImagePruneSettings:
     """CSV (filename,class_index) for top-1 accuracy on the held-out images."""
     data_free: bool = False
     """Calibrate and distill on images synthesized from the model's BatchNorm statistics instead of ``images``."""
-    criterion: str = "magnitude"
-    allocation: str = "uniform"
+    criterion: str | None = None
+    """None: ``fisher`` when there are images to score on (``images`` or ``data_free``), else ``magnitude``."""
+    allocation: str | None = None
+    """None: ``global`` for criteria whose scores compare across layers (taylor, fisher), else ``uniform``. On
+    EfficientNet-Lite0 at ~1.5x, Fisher + global kept 0.655 top-1 agreement where magnitude + uniform kept 0.333 at
+    1.39x (BatchNorm re-estimated on and judged on the 84 calibration images), and distilled to a lower KL on images
+    kept out of the distillation (2.37 vs 2.57, 4-minute runs)."""
     recover: str = "distill"
     multiple: int | None = None
     """Kept channels per space rounded up to this (None: the host ISA's, see ``channel_multiple``)."""
@@ -85,6 +92,11 @@ class ImagePruneSettings:
     percentile: str = "p90"
 
     def __post_init__(self) -> None:
+        if self.criterion is None:
+            scored = self.images is not None or self.data_free
+            object.__setattr__(self, "criterion", "fisher" if scored else "magnitude")
+        if self.allocation is None:
+            object.__setattr__(self, "allocation", "global" if self.criterion in COMPARABLE else "uniform")
         check_percentile(self.percentile)
         check_positive(latency_ms=self.latency_ms)
         if self.criterion not in CNN_CRITERIA:
@@ -148,7 +160,7 @@ def _run(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage, optimi
         multiple = settings.multiple or channel_multiple(detect_host().cpu.isa)
         graph = channel_graph(dense.module, example[:1])
         batches = None if calibration is None else list(calibration.split(settings.batch_size))
-        loss = self_label_loss if settings.criterion in ("taylor", "fisher") else None
+        loss = self_label_loss if settings.criterion in COMPARABLE else None
         target: dict[str, object] = {"keep_flops": settings.keep_flops}
         if optimize:
             scores = channel_scores(dense.module, graph, settings.criterion, batches, loss=loss, seed=settings.seed)
@@ -157,8 +169,8 @@ def _run(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage, optimi
                                               tick=tick)
             with stage("Timing the allocation whole (the table's costs do not quite add)"):
                 timer = pruned_timer(dense.module, example[:8], graph, table, staging / "table")
-                keep, attempts = allocate_measured(graph, scores, table, settings.latency_ms, timer, multiple,
-                                                   comparable=loss is not None)
+                keep, attempts = allocate_measured(graph, scores, table, settings.latency_ms, timer,
+                                                   LatencyAllocation(multiple, comparable=loss is not None))
             target = {"keep": keep}
         with stage("Pruning" + ("" if settings.recover == "none" else f" and recovering ({settings.recover})")) as tick:
             pruned, plan = prune_channels(
