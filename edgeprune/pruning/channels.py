@@ -37,9 +37,8 @@ the dense model on this host (benchmarks/cnn.py)."""
 
 CHANNEL_RECOVERY = ("none", "bn", "lstsq", "distill")
 """``bn`` re-estimates BatchNorm statistics; ``lstsq`` re-fits the layers that read pruned channels; ``distill``
-trains the pruned model towards the dense one on the (unlabeled) calibration images. It starts from the sliced
-weights, not from ``lstsq``: a re-fit on 84 images memorizes them (EfficientNet-Lite0 at 70% of MACs: 0.80 top-1
-agreement on its own images, 0.29 on others), and its fit would also hide that from distillation's held-aside guard."""
+trains the pruned model towards the dense one on the (unlabeled) calibration images, from the start
+``DistillOptions.start`` names, fitted on its training images only (never the held-aside ones its guard reads)."""
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ folder of images (or images synthesized from the dense model, ``data.synthesize`
 - BatchNorm layers keep their statistics (eval mode) while their affine weights train: re-
   estimating statistics on a few dozen images measured worse (see ``conv_recover``);
 - every ``check_every`` steps the KL on held-aside images (every 8th, never trained on,
-  un-augmented) is compared with the best so far; a check that is worse rolls the weights back
-  to the best and halves the learning rate — the held-aside guard of the transformer recovery.
+  un-augmented) of a moving average of the weights is compared with the best so far; a check
+  that is worse rolls the weights back to the best and halves the learning rate — the held-
+  aside guard of the transformer recovery. Checking the last step's weights instead rolled
+  back 24 times in 1,686 steps on EfficientNet-Lite0, halving the rate to nothing.
 
 Deterministic under ``seed`` for a step budget. A time budget (``minutes``) stops at the
 first step past it, so how many steps run depends on the machine's speed; the report says
@@ -69,22 +71,30 @@ class DistillOptions:
     mix: float = 0.5
     """Share of batches mixed (mixup and cutmix alternating)."""
     check_every: int = 50
+    ema: float = 0.99
+    """Decay of an exponential moving average of the weights, which the held-aside guard checks and keeps instead of
+    the weights of the last step (0: no average). On EfficientNet-Lite0 (Fisher, 0.65 of the MACs, 4-minute runs on
+    63 calibration images, judged on 21 others) the KL was 2.17 with 0.99, 2.46 with 0.998 and 2.37 without (one
+    run each): the average smooths the step-to-step noise that made the guard roll back and halve the rate."""
     dropout: bool = False
     """Keep the model's dropout and drop-connect active while distilling (off: every step sees the whole
     network, as the deployed model does)."""
-    start: str = "lstsq"
-    """``lstsq``: begin from a least-squares re-fit of the readers on the training images (never the held-aside
-    ones); ``none``: from the sliced weights."""
+    start: str = "bn"
+    """``bn``: begin from BatchNorm statistics re-estimated on the training images (never the held-aside ones), the
+    best retraining-free start for Fisher-allocated channels; ``lstsq``: from a least-squares re-fit of the readers on
+    them; ``none``: from the sliced weights."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.start not in ("lstsq", "none"):
-            raise PlanError(f"unknown distillation start '{self.start}'", "use lstsq or none")
+        if self.start not in ("lstsq", "bn", "none"):
+            raise PlanError(f"unknown distillation start '{self.start}'", "use lstsq, bn or none")
         for name in ("steps", "batch_size", "check_every", "feature_layers"):
             if getattr(self, name) < (0 if name == "feature_layers" else 1):
                 raise PlanError(f"distillation {name} {getattr(self, name)} is not positive", f"pass a larger {name}")
         if self.minutes is not None and not (math.isfinite(self.minutes) and self.minutes > 0):
             raise PlanError(f"--distill-minutes {self.minutes} is not a positive number", "pass minutes such as 10")
+        if not 0.0 <= self.ema < 1.0:
+            raise PlanError(f"weight average decay {self.ema} is outside [0, 1)", "pass a decay such as 0.99")
         if not 0.0 <= self.mix <= 1.0:
             raise PlanError(f"mix share {self.mix} is outside [0, 1]", "pass a share such as 0.5")
 
@@ -135,6 +145,7 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
     before = held_aside_fit(dense, pruned, held)
     best_kl, best_state, rollbacks, losses = before[0], copy.deepcopy(pruned.state_dict()), 0, []
     start, planned, step, stopped_by = time.perf_counter(), options.steps, 0, "steps"
+    average = _average(pruned, options.ema) if options.ema else None
     with torch.random.fork_rng(), _frozen_batchnorm(pruned, options.dropout):
         torch.manual_seed(options.seed)  # dropout / drop-connect inside the model
         while step < planned:
@@ -146,6 +157,8 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if average is not None:
+                average.update_parameters(pruned)
             losses.append(float(loss.detach()))
             step += 1
             elapsed = time.perf_counter() - start
@@ -154,13 +167,16 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
             if options.minutes is not None and elapsed >= options.minutes * 60:
                 stopped_by = "minutes"
             if step % options.check_every == 0 or step >= planned or stopped_by == "minutes":
-                pruned.eval()
-                kl = held_aside_fit(dense, pruned, held)[0]
+                checked = pruned if average is None else average.module
+                checked.eval()
+                kl = held_aside_fit(dense, checked, held)[0]
                 _train_mode(pruned, options.dropout)
                 if kl <= best_kl:
-                    best_kl, best_state = kl, copy.deepcopy(pruned.state_dict())
+                    best_kl, best_state = kl, copy.deepcopy(checked.state_dict())
                 else:
                     pruned.load_state_dict(best_state)
+                    if average is not None:
+                        average = _average(pruned, options.ema)
                     rollbacks += 1
                     for group in optimizer.param_groups:
                         group["base_lr"] = group.get("base_lr", options.lr) * 0.5
@@ -176,6 +192,12 @@ def distill_channels(dense: nn.Module, pruned: nn.Module, graph: ChannelGraph, k
                          held_kl_after=round(after[0], 5), held_agreement_before=round(before[1], 4),
                          held_agreement_after=round(after[1], 4), rollbacks=rollbacks,
                          loss_first_last=(round(losses[0], 5), round(losses[-1], 5)) if losses else (0.0, 0.0))
+
+
+def _average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``model``'s weights (BatchNorm buffers copied: they are frozen)."""
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=False)
 
 
 def feature_layers(graph: ChannelGraph, count: int) -> list[str]:
