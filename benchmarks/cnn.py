@@ -10,14 +10,16 @@ size, top-1 on the evaluation images and top-1 agreement with the dense fp32 mod
 Magnitude uses a uniform ratio per channel space; Taylor and Fisher (of the self-label
 cross-entropy, per calibration image) rank units across spaces by score per MAC. Channel
 counts are rounded to the host's multiple; one extra row shows the same plan without rounding.
-``magnitude-latency`` rows allocate magnitude scores per measured ms of a channel latency table
-(each space cut to 1/2 and 1/4, timed here) for a budget of dense fp32 / level, instead of by MACs,
-each allocation timed whole and the table re-aimed until it lands within the budget (as ``optimize`` does).
-Distillation rows (magnitude, uniform, at each level): 10 minutes of distillation from the dense
-model on the 84 calibration images (every 8th held aside for the roll-back guard), and at the
-first level the data-free variant, distilled on images synthesized from the dense model's
-BatchNorm statistics (its minutes include the synthesis). int8 is calibrated on the calibration
-images in every row.
+``-latency`` rows allocate for a budget of dense fp32 / level with a channel latency table (each
+space cut to 1/2 and 1/4, timed here) instead of by MACs, each allocation timed whole and the table
+re-aimed until it lands within the budget (as ``optimize`` does): ``fisher-latency`` ranks Fisher
+scores per measured ms (every space keeps at least a quarter), ``magnitude-latency`` keeps one share
+of every space (weight norms do not compare across layers).
+Distillation rows (Fisher, global, at each level, from BatchNorm statistics re-estimated on the
+training images): 10 minutes of distillation from the dense model on the 84 calibration images
+(every 8th held aside for the roll-back guard), and at the first level the data-free variant,
+distilled on images synthesized from the dense model's BatchNorm statistics (its minutes include
+the synthesis). int8 is calibrated on the calibration images in every row.
 
 VAE: trained here on scikit-learn's digits (1400 train / 397 test), encoder channels pruned
 by the Taylor sensitivity of the reconstruction loss through the decoder (plain mean vs EMA
@@ -47,7 +49,7 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.models.vae import ConvVAE, load_digits_images, psnr, reconstruction_loss, train_vae
 from edgeprune.profiling.measure import compare_latency
-from edgeprune.pruning.channel_latency import allocate_measured
+from edgeprune.pruning.channel_latency import LatencyAllocation, allocate_measured
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
 from edgeprune.pruning.conv_distill import DistillOptions
 from edgeprune.pruning.importance import Accumulation
@@ -56,12 +58,17 @@ from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 LEVELS = (1.3, 1.6)
-KEEP_GRID = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5, 0.45, 0.4)
+KEEP_GRID = tuple(round(0.95 - 0.025 * i, 3) for i in range(23))
+"""0.95 to 0.40 in steps of 0.025: with channels rounded to 16 the measured speedup moves in jumps, and a coarser grid
+overshoots the level (0.05 steps: 1.42x for 1.3x)."""
 CRITERIA = {"magnitude": "uniform", "taylor": "global", "fisher": "global"}
 RECOVERIES = ("none", "bn", "lstsq")
-DISTILL_CRITERION = "magnitude"
-"""Magnitude + uniform allocation: chosen by a 3-minute trial at 75% of MACs, compared on the distillation's
-held-aside calibration images (top-1 agreement 0.5 vs 0.3 for Taylor + global), not on the evaluation images."""
+LATENCY_RULES = {"fisher-latency": ("fisher", True), "magnitude-latency": ("magnitude", False)}
+"""Latency-aware rows: (scores, whether they compare across spaces)."""
+DISTILL_CRITERION = "fisher"
+"""Fisher + global allocation from re-estimated BatchNorm statistics: chosen by 4-minute runs on 63 calibration
+images, judged on the other 21 (never the evaluation images): KL 2.37 at 0.65 of the MACs (1.51x) where magnitude +
+uniform from least squares reached 2.57 at 0.70 (1.39x)."""
 DISTILL = DistillOptions(minutes=10.0, resolution=160)
 SYNTHESIS = SynthesisOptions()
 VAE_KEEP = (0.8, 0.65, 0.5, 0.4, 0.3)
@@ -116,20 +123,24 @@ def efficientnet_table(work: Path) -> list[dict]:
             reaching = [k for k in KEEP_GRID if speed[k] >= level]
             chosen[(criterion, level)] = max(reaching) if reaching else min(KEEP_GRID)
 
-    # Latency-aware allocation: magnitude scores per ms of a latency table measured here, at the budget dense/level.
+    # Latency-aware allocation for the budget dense/level, with a latency table measured here, timed whole.
     start = time.perf_counter()
     table = measure_channel_table(model, images[:8], graph, work / "table", multiple=multiple)
     timer = pruned_timer(model, images[:8], graph, table, work / "table")
-    masks = {level: allocate_measured(graph, scores["magnitude"], table, table.dense_ms / level, timer, multiple,
-                                      comparable=False)[0] for level in LEVELS}
     print(f"  latency table: {sum(len(p) - 1 for p in table.spaces.values())} points over {len(table.spaces)} "
           f"channel spaces, dense {table.dense_ms:.2f} ms [{time.perf_counter() - start:.0f} s]")
-    for level in LEVELS:
-        chosen[("magnitude-latency", level)] = None
+    masks = {}
+    for name, (criterion, comparable) in LATENCY_RULES.items():
+        for level in LEVELS:
+            masks[(name, level)], attempts = allocate_measured(graph, scores[criterion], table, table.dense_ms / level,
+                                                               timer, LatencyAllocation(multiple, comparable))
+            chosen[(name, level)] = None
+            print(f"  {name} at {level}x: aim → measured ms "
+                  + ", ".join(f"{a.aim_ms:.2f} → {a.measured_ms:.2f}" for a in attempts))
 
     def target(criterion: str, level: float, keep: float | None) -> dict:
-        if criterion == "magnitude-latency":
-            return {"keep": masks[level]}
+        if (criterion, level) in masks:
+            return {"keep": masks[(criterion, level)]}
         return {"keep_flops": keep, "scores": scores[criterion], "allocation": CRITERIA[criterion]}
 
     rows, models = [], {("dense", 0.0, "none"): dense}
@@ -147,9 +158,9 @@ def efficientnet_table(work: Path) -> list[dict]:
     # Distillation on the calibration images (their every 8th held aside for the guard), and data-free: images
     # synthesized from the dense model's BatchNorm statistics. Evaluated on the other 250 images, never trained on.
     synthesis_seconds = 0.0
+    runs = []  # (criterion whose allocation is distilled, level, recovery name, images)
     for level in LEVELS:
-        keep = chosen[(DISTILL_CRITERION, level)]
-        sources = {"distill": calibration}
+        runs.append((DISTILL_CRITERION, level, "distill", calibration))
         if level == LEVELS[0]:
             start = time.perf_counter()
             synthesized = synthesize_images(model, SYNTHESIS)
@@ -158,22 +169,22 @@ def efficientnet_table(work: Path) -> list[dict]:
                   f"{synthesis_seconds:.0f} s "
                   f"(BatchNorm-statistics loss of the first batch {synthesized.bn_loss_first_last[0]:.0f} → "
                   f"{synthesized.bn_loss_first_last[1]:.0f})")
-            sources["distill-data-free"] = list(synthesized.images.split(8))
-        for recovery, batches in sources.items():
-            start = time.perf_counter()
-            pruned, plan = prune_channels(model, example, keep_flops=keep, scores=scores[DISTILL_CRITERION],
-                                          allocation=CRITERIA[DISTILL_CRITERION], multiple=multiple,
-                                          batches=batches, recovery="distill", distill=DISTILL)
-            seconds = time.perf_counter() - start + (synthesis_seconds if recovery.endswith("data-free") else 0.0)
-            models[(DISTILL_CRITERION, level, recovery)] = build(f"{DISTILL_CRITERION}-{level}-{recovery}", pruned)
-            report = {k: v for k, v in plan.recovery.items() if k != "start"}
-            print(f"  {recovery} at {level}x (keep {keep}): {report['steps']} steps in {report['seconds']:.0f} s "
-                  f"(stopped by {report['stopped_by']}), held-aside KL {report['held_kl_before']:.3f} → "
-                  f"{report['held_kl_after']:.3f}, {report['rollbacks']} roll-backs")
-            macs = layer_macs(pruned, channel_graph(pruned, example)) / layer_macs(model, graph)
-            rows.append({"criterion": DISTILL_CRITERION, "level": level, "keep_flops": keep, "recovery": recovery,
-                         "macs": round(macs, 3),
-                         "recovery_seconds": round(seconds, 1), "plan_recovery": report})
+            runs.append((DISTILL_CRITERION, level, "distill-data-free", list(synthesized.images.split(8))))
+            runs.append(("fisher-latency", level, "distill", calibration))  # what optimize --latency-ms does
+    for criterion, level, recovery, batches in runs:
+        keep = chosen[(criterion, level)]
+        start = time.perf_counter()
+        pruned, plan = prune_channels(model, example, multiple=multiple, batches=batches, recovery="distill",
+                                      distill=DISTILL, **target(criterion, level, keep))
+        seconds = time.perf_counter() - start + (synthesis_seconds if recovery.endswith("data-free") else 0.0)
+        models[(criterion, level, recovery)] = build(f"{criterion}-{level}-{recovery}", pruned)
+        report = {k: v for k, v in plan.recovery.items() if k != "start"}
+        print(f"  {criterion} {recovery} at {level}x (keep {keep}): {report['steps']} steps in "
+              f"{report['seconds']:.0f} s (stopped by {report['stopped_by']}), held-aside KL "
+              f"{report['held_kl_before']:.3f} → {report['held_kl_after']:.3f}, {report['rollbacks']} roll-backs")
+        macs = layer_macs(pruned, channel_graph(pruned, example)) / layer_macs(model, graph)
+        rows.append({"criterion": criterion, "level": level, "keep_flops": keep, "recovery": recovery,
+                     "macs": round(macs, 3), "recovery_seconds": round(seconds, 1), "plan_recovery": report})
     unrounded, _ = prune_channels(model, example, keep_flops=chosen[("taylor", LEVELS[0])],
                                   scores=scores["taylor"], allocation="global", multiple=1)
     unrounded_fp32 = export_module(unrounded, work / "taylor-unrounded.onnx", images[:8]).onnx_path
@@ -214,16 +225,17 @@ def efficientnet_table(work: Path) -> list[dict]:
     print(f"\nrounding: taylor at {LEVELS[0]}x with channel counts rounded to {multiple}: {rounded[1]:.2f} ms; "
           f"the same plan unrounded: {latency[1][-1]:.2f} ms (1T), {latency[2][-1]:.2f} ms (2T); "
           f"dense {ms[('dense', 0.0, 'fp32')][1]:.2f} ms")
-    best = max((r for r in table if r["level"] == LEVELS[0] and r["precision"] == "fp32"),
-               key=lambda r: r["agreement"])
+    best = max((r for r in table if r["level"] == LEVELS[0] and r["precision"] == "fp32"
+                and not r["recovery"].startswith("distill")), key=lambda r: r["agreement"])
     print(f"retraining-free at {LEVELS[0]}x fp32 speedup: best {best['agreement']:.3f} top-1 agreement "
           f"({best['criterion']}, {best['recovery']}, measured {best['speedup_1t']:.2f}x)")
     for recovery, level, goal in (("distill", LEVELS[0], 0.90), ("distill", LEVELS[1], 0.80),
                                   ("distill-data-free", LEVELS[0], 0.75)):
-        row = next(r for r in table if (r["recovery"], r["level"], r["precision"]) == (recovery, level, "fp32"))
+        row = max((r for r in table if (r["recovery"], r["level"], r["precision"]) == (recovery, level, "fp32")),
+                  key=lambda r: r["agreement"])
         print(f"target ({recovery}: >= {goal:.2f} top-1 agreement at {level}x fp32 speedup, <= 10 min on 2 cores): "
               f"{'met' if row['agreement'] >= goal else 'MISSED'} — {row['agreement']:.3f} at measured "
-              f"{row['speedup_1t']:.2f}x, {row['recovery_seconds'] / 60:.1f} min")
+              f"{row['speedup_1t']:.2f}x ({row['criterion']}), {row['recovery_seconds'] / 60:.1f} min")
     return table
 
 
