@@ -18,8 +18,8 @@ of every space (weight norms do not compare across layers).
 Distillation rows (Fisher, global, at each level, from BatchNorm statistics re-estimated on the
 training images): 10 minutes of distillation from the dense model on the 84 calibration images
 (every 8th held aside for the roll-back guard), and at the first level the data-free variant,
-distilled on images synthesized from the dense model's BatchNorm statistics (its minutes include
-the synthesis). int8 is calibrated on the calibration images in every row.
+distilled on images synthesized from the dense model's BatchNorm statistics, from the sliced weights
+(its minutes include the synthesis). int8 is calibrated on the calibration images in every row.
 
 VAE: trained here on scikit-learn's digits (1400 train / 397 test), encoder channels pruned
 by the Taylor sensitivity of the reconstruction loss through the decoder (plain mean vs EMA
@@ -34,6 +34,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,8 +175,9 @@ def efficientnet_table(work: Path) -> list[dict]:
     for criterion, level, recovery, batches in runs:
         keep = chosen[(criterion, level)]
         start = time.perf_counter()
+        distill = replace(DISTILL, start=DISTILL.starting(synthesized=recovery.endswith("data-free")))
         pruned, plan = prune_channels(model, example, multiple=multiple, batches=batches, recovery="distill",
-                                      distill=DISTILL, **target(criterion, level, keep))
+                                      distill=distill, **target(criterion, level, keep))
         seconds = time.perf_counter() - start + (synthesis_seconds if recovery.endswith("data-free") else 0.0)
         models[(criterion, level, recovery)] = build(f"{criterion}-{level}-{recovery}", pruned)
         report = {k: v for k, v in plan.recovery.items() if k != "start"}

@@ -74,6 +74,14 @@ def test_distillation_lowers_the_held_aside_kl_and_is_bit_deterministic(trained,
     assert all(torch.equal(a, b) for a, b in zip(pruned.state_dict().values(), again.state_dict().values()))
 
 
+def test_the_default_start_depends_on_where_the_images_come_from() -> None:
+    assert DistillOptions().starting(synthesized=False) == "bn"
+    assert DistillOptions().starting(synthesized=True) == "none"
+    assert DistillOptions(start="lstsq").starting(synthesized=True) == "lstsq"
+    with pytest.raises(PlanError, match="unknown distillation start"):
+        DistillOptions(start="bogus")
+
+
 def test_a_worse_held_aside_check_is_rolled_back(trained) -> None:
     """A learning rate that wrecks the model: every check is worse, so every one is undone and the model that
     comes back is the one distillation started from."""

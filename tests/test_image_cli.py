@@ -80,6 +80,7 @@ def test_a_factory_model_is_pruned_distilled_and_reloads(factory, image_folder, 
     assert report["recovery"]["method"] == "distill" and report["kept_macs_fraction"] < 0.95  # 8-channel rounding
     plan = json.loads((out / "channel_plan.json").read_text())
     assert (plan["criterion"], plan["allocation"]) == ("fisher", "global")  # the image default with images to score on
+    assert report["recovery"]["start"]["method"] == "bn"  # statistics re-estimated on real images
     reloaded = load_pruned_image(out)
     x = torch.randn(3, 3, 32, 32)
     session = runtime.session(out / "model.onnx")
@@ -118,6 +119,7 @@ def test_data_free_synthesizes_its_calibration_images(factory, image_folder, tmp
     result = prune_image_model(settings, tmp_path / "out")
     assert result.report["calibration"] == "synthesized" and result.report["calibration_images"] == 16
     assert result.report["recovery"]["steps"] == 4 and result.report["evaluation"]["held_out_images"] == 6
+    assert result.report["recovery"]["start"] == {"method": "none"}  # never re-estimated on synthesized images
 
 
 @pytest.mark.parametrize(("args", "message"), [

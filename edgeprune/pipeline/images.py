@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import safetensors.torch
@@ -176,7 +176,8 @@ def _run(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage, optimi
             pruned, plan = prune_channels(
                 dense.module, example[:1], criterion=settings.criterion, batches=batches,
                 allocation=settings.allocation, multiple=multiple, recovery=settings.recover, loss=loss,
-                seed=settings.seed, distill=settings.distill, tick=tick, **target)
+                seed=settings.seed, tick=tick, **target,
+                distill=replace(settings.distill, start=settings.distill.starting(synthesized=settings.data_free)))
         with stage("Exporting to ONNX (parity-checked)"):
             fp32 = export_module(pruned, staging / "model.onnx", example[:8]).onnx_path
         report: dict[str, object] = {

@@ -303,7 +303,8 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, keep_flops: float
     pruned = slice_channels(copy.deepcopy(model), graph, keep).eval()
     if recovery == "distill":
         train, _ = split_held_aside(torch.cat(list(batches)))
-        start = recover_channels(model, pruned, graph, keep, list(train.split(len(batches[0]))), distill.start)
+        start = recover_channels(model, pruned, graph, keep, list(train.split(len(batches[0]))),
+                                 distill.starting(synthesized=False))
         report = distill_channels(model, pruned, graph, keep, torch.cat(list(batches)), distill, tick).to_dict()
         report["start"] = start
     else:
