@@ -162,14 +162,17 @@ def test_latency_allocation_never_exceeds_the_tables_budget(slopes, budget_share
     assert int(more.sum()) >= int(keep.sum())
 
 
-def test_latency_allocation_keeps_every_spaces_floor() -> None:
-    """Importance per ms would empty the space whose channels cost 10x more; the floor keeps its best half."""
+def _conv2_costs_ten_times_more():
+    """SmallCNN, its graph, and a table where conv2's channels cost 0.1 ms each and every other space's 0.01 ms."""
     model = SmallCNN().eval()
     graph = channel_graph(model, smooth_images(1))
+    return model, graph, _table(graph, [0.1 if s.name == "conv2" else 0.01 for s in graph.spaces])
+
+
+def test_latency_allocation_keeps_every_spaces_floor() -> None:
+    """Importance per ms would empty the space whose channels cost 10x more; the floor keeps its best half."""
+    model, graph, table = _conv2_costs_ten_times_more()
     names = [s.name for s in graph.spaces]
-    slopes = [0.01] * len(names)
-    slopes[names.index("conv2")] = 0.1
-    table = _table(graph, slopes)
     scores = channel_scores(model, graph, "magnitude")
     conv2 = torch.tensor(graph.spaces[names.index("conv2")].units)
     budget = table.predict({s.name: len(s.units) // 2 for s in graph.spaces}) + 0.005  # every space near its floor
@@ -183,12 +186,8 @@ def test_latency_allocation_keeps_every_spaces_floor() -> None:
 
 def test_latency_allocation_cuts_where_a_channel_costs_most() -> None:
     """Equal importance everywhere: the space whose channels cost 10x more ms is the one cut."""
-    model = SmallCNN().eval()
-    graph = channel_graph(model, smooth_images(1))
+    _, graph, table = _conv2_costs_ten_times_more()
     names = [s.name for s in graph.spaces]
-    slopes = [0.01] * len(names)
-    slopes[names.index("conv2")] = 0.1
-    table = _table(graph, slopes)
     keep = allocate_for_latency(graph, torch.ones(graph.num_units), table, table.dense_ms - 1.95, UNFLOORED)
     kept = {s.name: int(keep[list(s.units)].sum()) for s in graph.spaces}
     assert kept["conv2"] == 28 and all(kept[n] == len(s.units) for n, s in zip(names, graph.spaces) if n != "conv2")
@@ -200,12 +199,7 @@ def test_scores_that_do_not_compare_across_spaces_cut_every_space_alike() -> Non
     """Weight norms cannot say which layer to cut: ranked per ms they would empty the costly space; instead every
     space keeps the same share (to rounding), its highest-scoring units, the largest share within the budget."""
     torch.manual_seed(0)
-    model = SmallCNN().eval()
-    graph = channel_graph(model, smooth_images(1))
-    names = [s.name for s in graph.spaces]
-    slopes = [0.01] * len(names)
-    slopes[names.index("conv2")] = 0.1
-    table = _table(graph, slopes)
+    model, graph, table = _conv2_costs_ten_times_more()
     scores = channel_scores(model, graph, "magnitude")
     budget = table.dense_ms - 0.4 * (table.dense_ms - 1.0)
     keep = allocate_for_latency(graph, scores, table, budget, LatencyAllocation(comparable=False, min_share=0.0))
