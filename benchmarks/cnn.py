@@ -50,6 +50,7 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.pretrained import efficientnet_lite0
 from edgeprune.models.vae import ConvVAE, load_digits_images, psnr, reconstruction_loss, train_vae
 from edgeprune.profiling.measure import compare_latency
+from edgeprune.pruning import LOSS_ESTIMATES
 from edgeprune.pruning.channel_latency import LatencyAllocation, allocate_measured
 from edgeprune.pruning.channels import channel_multiple, channel_scores, prune_channels, self_label_loss
 from edgeprune.pruning.conv_distill import DistillOptions
@@ -64,8 +65,8 @@ KEEP_GRID = tuple(round(0.95 - 0.025 * i, 3) for i in range(23))
 overshoots the level (0.05 steps: 1.42x for 1.3x)."""
 CRITERIA = {"magnitude": "uniform", "taylor": "global", "fisher": "global"}
 RECOVERIES = ("none", "bn", "lstsq")
-LATENCY_RULES = {"fisher-latency": ("fisher", True), "magnitude-latency": ("magnitude", False)}
-"""Latency-aware rows: (scores, whether they compare across spaces)."""
+LATENCY_ROWS = {"fisher-latency": "fisher", "magnitude-latency": "magnitude"}
+"""Latency-aware rows and the scores they allocate."""
 DISTILL_CRITERION = "fisher"
 """Fisher + global allocation from re-estimated BatchNorm statistics: chosen by 4-minute runs on 63 calibration
 images, judged on the other 21 (never the evaluation images): KL 2.37 at 0.65 of the MACs (1.51x) where magnitude +
@@ -131,10 +132,11 @@ def efficientnet_table(work: Path) -> list[dict]:
     print(f"  latency table: {sum(len(p) - 1 for p in table.spaces.values())} points over {len(table.spaces)} "
           f"channel spaces, dense {table.dense_ms:.2f} ms [{time.perf_counter() - start:.0f} s]")
     masks = {}
-    for name, (criterion, comparable) in LATENCY_RULES.items():
+    for name, criterion in LATENCY_ROWS.items():
+        rule = LatencyAllocation(multiple, comparable=criterion in LOSS_ESTIMATES)
         for level in LEVELS:
             masks[(name, level)], attempts = allocate_measured(graph, scores[criterion], table, table.dense_ms / level,
-                                                               timer, LatencyAllocation(multiple, comparable))
+                                                               timer, rule)
             chosen[(name, level)] = None
             print(f"  {name} at {level}x: aim → measured ms "
                   + ", ".join(f"{a.aim_ms:.2f} → {a.measured_ms:.2f}" for a in attempts))
@@ -175,10 +177,11 @@ def efficientnet_table(work: Path) -> list[dict]:
     for criterion, level, recovery, batches in runs:
         keep = chosen[(criterion, level)]
         start = time.perf_counter()
-        distill = replace(DISTILL, start=DISTILL.starting(synthesized=recovery.endswith("data-free")))
+        data_free = recovery.endswith("data-free")
+        distill = replace(DISTILL, start=DISTILL.starting(synthesized=data_free))
         pruned, plan = prune_channels(model, example, multiple=multiple, batches=batches, recovery="distill",
                                       distill=distill, **target(criterion, level, keep))
-        seconds = time.perf_counter() - start + (synthesis_seconds if recovery.endswith("data-free") else 0.0)
+        seconds = time.perf_counter() - start + (synthesis_seconds if data_free else 0.0)
         models[(criterion, level, recovery)] = build(f"{criterion}-{level}-{recovery}", pruned)
         report = {k: v for k, v in plan.recovery.items() if k != "start"}
         print(f"  {criterion} {recovery} at {level}x (keep {keep}): {report['steps']} steps in "

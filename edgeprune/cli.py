@@ -391,7 +391,7 @@ def _prune_options(criterion: str | None, allocation: str | None, accumulate: st
 
 def _image_settings(model: Path, **given: Any) -> ImagePruneSettings:
     """The image pipeline's settings from the options the user gave (None: the image defaults, which differ from
-    the transformer ones: magnitude criterion, distillation)."""
+    the transformer ones: Fisher + global with images to score on, else magnitude + uniform; distillation)."""
     from edgeprune.pipeline.images import ImagePruneSettings
     from edgeprune.pruning.conv_distill import DistillOptions
 

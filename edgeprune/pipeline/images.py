@@ -36,6 +36,7 @@ from edgeprune.models.conv import channel_graph, layer_macs
 from edgeprune.models.image import ImageModel, load_image_model
 from edgeprune.options import check_percentile, check_positive
 from edgeprune.pipeline import Stage, _silent
+from edgeprune.pruning import LOSS_ESTIMATES
 from edgeprune.pruning.channel_latency import LatencyAllocation, allocate_measured
 from edgeprune.pruning.channels import (
     CHANNEL_RECOVERY,
@@ -52,8 +53,6 @@ from edgeprune.search.channel_table import measure_channel_table, pruned_timer
 
 PLAN_FILE, WEIGHTS_FILE, SETTINGS_FILE = "channel_plan.json", "model.safetensors", "image_model.json"
 CNN_CRITERIA = ("magnitude", "activation", "taylor", "fisher")
-COMPARABLE = ("taylor", "fisher")
-"""Criteria that estimate one loss change in every layer, so units of different layers can be ranked together."""
 EVALUATE_EVERY = 4
 """Every 4th image is held out for evaluation (as for text models' calibration folders)."""
 
@@ -96,7 +95,7 @@ class ImagePruneSettings:
             scored = self.images is not None or self.data_free
             object.__setattr__(self, "criterion", "fisher" if scored else "magnitude")
         if self.allocation is None:
-            object.__setattr__(self, "allocation", "global" if self.criterion in COMPARABLE else "uniform")
+            object.__setattr__(self, "allocation", "global" if self.criterion in LOSS_ESTIMATES else "uniform")
         check_percentile(self.percentile)
         check_positive(latency_ms=self.latency_ms)
         if self.criterion not in CNN_CRITERIA:
@@ -160,7 +159,7 @@ def _run(settings: ImagePruneSettings, out_dir: Path | str, stage: Stage, optimi
         multiple = settings.multiple or channel_multiple(detect_host().cpu.isa)
         graph = channel_graph(dense.module, example[:1])
         batches = None if calibration is None else list(calibration.split(settings.batch_size))
-        loss = self_label_loss if settings.criterion in COMPARABLE else None
+        loss = self_label_loss if settings.criterion in LOSS_ESTIMATES else None
         target: dict[str, object] = {"keep_flops": settings.keep_flops}
         if optimize:
             scores = channel_scores(dense.module, graph, settings.criterion, batches, loss=loss, seed=settings.seed)
